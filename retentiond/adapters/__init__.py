@@ -1,0 +1,1 @@
+"""Adapters: the one interface in base.py, the built-ins, and the registry."""

@@ -1,0 +1,158 @@
+"""The one interface every adapter implements.
+
+An adapter connects retentiond to one kind of data store. The planner and ``plan`` only call
+its read-only methods (:meth:`Adapter.count`, :meth:`Adapter.count_null_clock`,
+:meth:`Adapter.scan`, :meth:`Adapter.validate`, :meth:`Adapter.remaining`); the executor is the
+only caller of the mutators (:meth:`Adapter.delete`, :meth:`Adapter.anonymize`,
+:meth:`Adapter.isolate`, :meth:`Adapter.purge_isolated`). An adapter never sees a dry-run flag.
+
+Contract, checked for every adapter by :mod:`retentiond.testing`:
+
+* ``scan`` yields lists of at most ``batch_size`` :class:`Candidate` in ascending key order,
+  reading lazily (memory does not grow with the store) and never by OFFSET.
+* A mutator disposes the given keys in one transaction where the store has transactions,
+  re-checks the selection (a record that stopped matching since the scan is left alone), and
+  returns exactly the keys it disposed.
+* ``remaining`` answers which of the given record references are still present and not yet
+  disposed, for reconciliation after a crash.
+* Methods raise :class:`~retentiond.errors.StoreUnreachable` when the store cannot be reached,
+  and :class:`~retentiond.errors.StoreError` (without database error text) for anything else.
+
+An adapter class is registered under a name in the ``retentiond.adapters`` entry-point group.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, ClassVar
+from zoneinfo import ZoneInfo
+
+if TYPE_CHECKING:
+    from retentiond.policy.model import Policy, Rule, Store
+
+Problem = tuple[str, str]
+
+
+@dataclass(frozen=True)
+class Filter:
+    """A resolved ``match`` condition: ``eq``, ``in``, ``is_null``, ``le`` or ``gt``.
+    ``le``/``gt`` carry an aware datetime (``older_than``/``newer_than`` resolved by the
+    planner)."""
+
+    column: str
+    op: str
+    value: Any
+
+
+@dataclass(frozen=True)
+class Selection:
+    """What the planner allows one rule to dispose in one sweep. Adapter-neutral.
+
+    A record is selected when it matches the rule (``filters`` and ``where``), and
+
+    * ``clock_cutoff`` is set and its clock is at or before it (time-based disposal), or it is
+      None and ``subjects`` names its subject (erasure);
+    * its subject is not in ``exclude_subjects`` (holds);
+    * it is not already disposed (for anonymize, the marker column is NULL).
+    """
+
+    rule: Rule
+    action: str
+    reason: str
+    tz: ZoneInfo
+    now: datetime
+    clock_cutoff: datetime | None
+    filters: tuple[Filter, ...] = ()
+    subjects: tuple[str, ...] | None = None
+    exclude_subjects: tuple[str, ...] = ()
+    subject_ref: str | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def everything_excluded(self) -> bool:
+        return self.subjects is not None and not self.subjects
+
+
+@dataclass(frozen=True)
+class Candidate:
+    key: Any
+    subject: Any = None
+
+
+class Adapter(abc.ABC):
+    """Base class of all adapters; abstract methods fail at construction, not mid-sweep."""
+
+    name: ClassVar[str]
+    actions: ClassVar[frozenset[str]]
+
+    def __init__(self, store_name: str, store: Store, policy: Policy) -> None:
+        self.store_name = store_name
+        self.store = store
+        self.policy = policy
+
+    # -- static checks (no I/O) ---------------------------------------------------------------
+    @classmethod
+    def check_rule(cls, rule: Rule, policy: Policy) -> list[Problem]:
+        """Problems with a rule that need no store access, as ``(sub-path, message)``."""
+        problems: list[Problem] = []
+        for attr in ("action", "on_erasure"):
+            wanted = getattr(rule, attr)
+            if wanted not in (None, "keep") and wanted not in cls.actions:
+                problems.append((attr, f"adapter {cls.name!r} cannot {wanted}; it supports "
+                                 f"{', '.join(sorted(cls.actions))}"))
+        return problems
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    @abc.abstractmethod
+    def connect(self) -> None:
+        """Open connections; raise StoreUnreachable if the store cannot be reached."""
+
+    @abc.abstractmethod
+    def close(self) -> None: ...
+
+    # -- read-only ----------------------------------------------------------------------------
+    @abc.abstractmethod
+    def validate(self, rule: Rule) -> list[Problem]:
+        """Live checks of a rule against the store (tables, columns, types)."""
+
+    @abc.abstractmethod
+    def count(self, selection: Selection) -> int:
+        """How many records the selection covers now."""
+
+    @abc.abstractmethod
+    def count_null_clock(self, rule: Rule) -> int:
+        """How many records match the rule but have no clock value (never due by time)."""
+
+    @abc.abstractmethod
+    def scan(self, selection: Selection, batch_size: int) -> Iterator[list[Candidate]]:
+        """Selected records in ascending key order, in batches."""
+
+    @abc.abstractmethod
+    def remaining(self, rule: Rule, action: str, refs: set[str],
+                  ref_of: Callable[[Any], str]) -> set[str]:
+        """The subset of ``refs`` whose records are still present and not disposed."""
+
+    # -- mutators (executor only) -------------------------------------------------------------
+    @abc.abstractmethod
+    def delete(self, selection: Selection, keys: Sequence[Any]) -> list[Any]:
+        """Delete these records in one transaction; return the keys deleted."""
+
+    def anonymize(self, selection: Selection, keys: Sequence[Any]) -> list[Any]:
+        from retentiond.errors import StoreError
+
+        raise StoreError(f"adapter {self.name!r} cannot anonymize")
+
+    def isolate(self, selection: Selection, keys: Sequence[Any]) -> list[Any]:
+        from retentiond.errors import StoreError
+
+        raise StoreError(f"adapter {self.name!r} cannot isolate")
+
+    def dispose(self, selection: Selection, keys: Sequence[Any]) -> list[Any]:
+        """Dispatch to the mutator for ``selection.action``."""
+        mutators: dict[str, Callable[[Selection, Sequence[Any]], list[Any]]] = {
+            "delete": self.delete, "anonymize": self.anonymize, "isolate": self.isolate,
+        }
+        return mutators[selection.action](selection, keys)

@@ -1,0 +1,41 @@
+"""Adapters by name: the built-ins plus anything in the ``retentiond.adapters`` entry points."""
+
+from __future__ import annotations
+
+from importlib import import_module
+from importlib.metadata import entry_points
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from retentiond.adapters.base import Adapter
+
+BUILTIN = {
+    "sql": "retentiond.adapters.sql:SqlAdapter",
+}
+GROUP = "retentiond.adapters"
+_cache: dict[str, type[Adapter]] = {}
+
+
+def _targets() -> dict[str, str]:
+    targets = dict(BUILTIN)
+    for ep in entry_points(group=GROUP):
+        targets.setdefault(ep.name, ep.value)
+    return targets
+
+
+def names() -> list[str]:
+    return sorted(_targets())
+
+
+def get(name: str) -> type[Adapter]:
+    if name not in _cache:
+        target = _targets()[name]
+        module, _, attr = target.partition(":")
+        _cache[name] = getattr(import_module(module), attr)
+    return _cache[name]
+
+
+def register(name: str, cls: type[Adapter]) -> None:
+    """Register an adapter class at run time (tests, embedding)."""
+    BUILTIN[name] = f"{cls.__module__}:{cls.__qualname__}"
+    _cache[name] = cls

@@ -1,0 +1,317 @@
+"""The ``sql`` adapter: SQLite, PostgreSQL (psycopg 3) and MySQL/MariaDB (PyMySQL) through
+SQLAlchemy 2 Core.
+
+Tables are reflected; identifiers from the policy are only ever used to look up reflected
+columns, which SQLAlchemy quotes. Batches are keyset ranges (``key > last ORDER BY key LIMIT
+n``), never OFFSET. Each disposal is one transaction that re-checks the selection and uses
+``DELETE ... RETURNING`` where the dialect has it (SQLite >= 3.35, PostgreSQL, MariaDB >= 10.5);
+elsewhere the rows are locked with ``SELECT ... FOR UPDATE`` first.
+
+Clock columns may be timestamps (naive ones are wall-clock time in the policy's ``timezone``,
+``timestamptz`` is compared in UTC), dates, ISO 8601 text (``YYYY-MM-DD HH:MM:SS[.ffffff]``,
+the form SQLAlchemy and most applications write on SQLite) or integer Unix epoch seconds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DBAPIError, NoSuchTableError, OperationalError
+
+from retentiond.adapters.base import Adapter, Candidate, Filter, Problem, Selection
+from retentiond.errors import StoreError, StoreUnreachable
+from retentiond.log import get_logger, redact_url
+from retentiond.state.db import make_engine
+
+if TYPE_CHECKING:
+    from retentiond.policy.model import Policy, Rule, Store
+
+log = get_logger(__name__)
+_TIME_TYPES = (sa.DateTime, sa.Date, sa.String, sa.Integer)
+
+
+class SqlAdapter(Adapter):
+    name: ClassVar[str] = "sql"
+    actions: ClassVar[frozenset[str]] = frozenset({"delete"})
+
+    def __init__(self, store_name: str, store: Store, policy: Policy) -> None:
+        super().__init__(store_name, store, policy)
+        self._engine: Engine | None = None
+        self._tables: dict[str, sa.Table] = {}
+
+    # -- static checks ------------------------------------------------------------------------
+    @classmethod
+    def check_rule(cls, rule: Rule, policy: Policy) -> list[Problem]:
+        problems = super().check_rule(rule, policy)
+        store = policy.stores[rule.store]
+        if not store.url:
+            problems.append(("store", f"store {rule.store!r} (sql) needs a url"))
+        if not rule.table:
+            problems.append(("table", "required for the sql adapter"))
+        if rule.path:
+            problems.append(("path", "the sql adapter uses table, not path"))
+        if not rule.key:
+            problems.append(("key", "required for the sql adapter (the primary key column)"))
+        if rule.dispose_after is not None and not rule.clock:
+            problems.append(("clock", "required when dispose_after is set"))
+        return problems
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            self.connect()
+        assert self._engine is not None
+        return self._engine
+
+    def connect(self) -> None:
+        if self._engine is not None:
+            return
+        url = str(self.store.url)
+        engine = make_engine(url)
+        try:
+            with engine.connect() as conn:
+                conn.execute(sa.text("select 1"))
+        except DBAPIError:
+            engine.dispose()
+            raise StoreUnreachable(
+                f"store {self.store_name}: cannot connect to {redact_url(url)}") from None
+        self._engine = engine
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None
+        self._tables.clear()
+
+    @contextmanager
+    def _errors(self, doing: str) -> Iterator[None]:
+        """Map driver errors to StoreError without their text (it can echo row values)."""
+        try:
+            yield
+        except OperationalError as exc:
+            if exc.connection_invalidated or _is_disconnect(exc):
+                raise StoreUnreachable(f"store {self.store_name}: connection lost while "
+                                       f"{doing}") from None
+            raise StoreError(f"store {self.store_name}: {type(exc.orig).__name__} while "
+                             f"{doing}") from None
+        except DBAPIError as exc:
+            raise StoreError(f"store {self.store_name}: {type(exc.orig).__name__} while "
+                             f"{doing}") from None
+
+    # -- reflection ---------------------------------------------------------------------------
+    def table(self, rule: Rule) -> sa.Table:
+        name = str(rule.table)
+        if name not in self._tables:
+            schema, _, bare = name.rpartition(".")
+            with self._errors(f"reading table {name}"):
+                self._tables[name] = sa.Table(bare, sa.MetaData(), schema=schema or None,
+                                              autoload_with=self.engine)
+        return self._tables[name]
+
+    def _col(self, table: sa.Table, name: str) -> sa.Column[Any]:
+        return table.c[name]
+
+    # -- live validation ----------------------------------------------------------------------
+    def validate(self, rule: Rule) -> list[Problem]:
+        try:
+            table = self.table(rule)
+        except NoSuchTableError:
+            return [("table", f"table {rule.table} does not exist in store {self.store_name}")]
+        problems: list[Problem] = []
+        wanted = [("key", rule.key), ("clock", rule.clock), ("subject", rule.subject)]
+        wanted += [(f"match.{c}", c) for c in rule.match]
+        for path, column in wanted:
+            if column and column not in table.c:
+                problems.append((path, f"column {table.name}.{column} does not exist"))
+        if problems:
+            return problems
+        problems += self._check_key(table, str(rule.key))
+        if rule.clock and not isinstance(table.c[rule.clock].type, _TIME_TYPES):
+            problems.append(("clock", f"column {table.name}.{rule.clock} is "
+                             f"{table.c[rule.clock].type}; a clock must be a timestamp, date, "
+                             "ISO 8601 text or integer epoch seconds"))
+        for column, cond in rule.match.items():
+            if cond.op in ("older_than", "newer_than") and not isinstance(
+                    table.c[column].type, _TIME_TYPES):
+                problems.append((f"match.{column}", f"{cond.op} needs a timestamp or date "
+                                 f"column; {table.name}.{column} is {table.c[column].type}"))
+        if rule.where:
+            problems += self._check_where(table, rule.where)
+        return problems
+
+    def _check_key(self, table: sa.Table, key: str) -> list[Problem]:
+        pk = [c.name for c in table.primary_key.columns]
+        if pk == [key]:
+            return []
+        insp = sa.inspect(self.engine)
+        uniques = [u["column_names"] for u in insp.get_unique_constraints(table.name, table.schema)]
+        uniques += [i["column_names"] for i in insp.get_indexes(table.name, table.schema)
+                    if i.get("unique")]
+        if [key] in uniques:
+            return []
+        return [("key", f"column {table.name}.{key} is neither the primary key nor unique; "
+                 "name the table's primary key column")]
+
+    def _check_where(self, table: sa.Table, where: str) -> list[Problem]:
+        probe = sa.select(sa.literal(1)).select_from(table).where(_where(where)).limit(1)
+        try:
+            with self.engine.connect() as conn:
+                conn.execute(probe)
+                conn.rollback()
+        except DBAPIError as exc:
+            first = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
+            return [("where", f"does not run on store {self.store_name}: {first}")]
+        return []
+
+    # -- selection to SQL ---------------------------------------------------------------------
+    def predicate(self, sel: Selection, table: sa.Table) -> sa.ColumnElement[bool]:
+        rule = sel.rule
+        parts: list[sa.ColumnElement[bool]] = []
+        if sel.clock_cutoff is not None:
+            clock = table.c[str(rule.clock)]
+            parts.append(clock <= _bound(clock, sel.clock_cutoff))
+        parts += [_filter(table.c[f.column], f) for f in sel.filters]
+        if rule.where:
+            parts.append(_where(rule.where))
+        if rule.subject:
+            subject = table.c[rule.subject]
+            if sel.subjects is not None:
+                parts.append(subject.in_(_coerce(subject, sel.subjects)))
+            if sel.exclude_subjects:
+                held = _coerce(subject, sel.exclude_subjects)
+                if held:
+                    parts.append(sa.or_(subject.is_(None), subject.not_in(held)))
+        if sel.action == "anonymize" and rule.anonymize:
+            parts.append(table.c[rule.anonymize.marker].is_(None))
+        return sa.and_(sa.true(), *parts)
+
+    def _match_only(self, rule: Rule, table: sa.Table, now: datetime) -> list[Any]:
+        from retentiond.planner import resolve_filters
+
+        parts = [_filter(table.c[f.column], f) for f in resolve_filters(rule, now)]
+        if rule.where:
+            parts.append(_where(rule.where))
+        return parts
+
+    # -- read-only ----------------------------------------------------------------------------
+    def count(self, selection: Selection) -> int:
+        if selection.everything_excluded:
+            return 0
+        table = self.table(selection.rule)
+        q = sa.select(sa.func.count()).select_from(table).where(self.predicate(selection, table))
+        with self._errors(f"counting {table.name}"), self.engine.connect() as conn:
+            return int(conn.execute(q).scalar_one())
+
+    def count_null_clock(self, rule: Rule) -> int:
+        if not rule.clock:
+            return 0
+        table = self.table(rule)
+        now = datetime.now(UTC).astimezone(self.policy.tz)
+        q = sa.select(sa.func.count()).select_from(table).where(
+            table.c[rule.clock].is_(None), *self._match_only(rule, table, now))
+        with self._errors(f"counting {table.name}"), self.engine.connect() as conn:
+            return int(conn.execute(q).scalar_one())
+
+    def scan(self, selection: Selection, batch_size: int) -> Iterator[list[Candidate]]:
+        if selection.everything_excluded:
+            return
+        rule = selection.rule
+        table = self.table(rule)
+        key = table.c[str(rule.key)]
+        cols = [key] + ([table.c[rule.subject]] if rule.subject else [])
+        base = sa.select(*cols).where(self.predicate(selection, table)).order_by(key)
+        last: Any = None
+        while True:
+            q = base if last is None else base.where(key > last)
+            with self._errors(f"scanning {table.name}"), self.engine.connect() as conn:
+                rows = conn.execute(q.limit(batch_size)).all()
+            if not rows:
+                return
+            yield [Candidate(r[0], r[1] if rule.subject else None) for r in rows]
+            if len(rows) < batch_size:
+                return
+            last = rows[-1][0]
+
+    def remaining(self, rule: Rule, action: str, refs: set[str],
+                  ref_of: Callable[[Any], str]) -> set[str]:
+        table = self.table(rule)
+        key = table.c[str(rule.key)]
+        base = sa.select(key).order_by(key)
+        if action == "anonymize" and rule.anonymize:
+            base = base.where(table.c[rule.anonymize.marker].is_(None))
+        found: set[str] = set()
+        last: Any = None
+        while True:
+            q = (base if last is None else base.where(key > last)).limit(20_000)
+            with self._errors(f"reconciling {table.name}"), self.engine.connect() as conn:
+                keys = conn.execute(q).scalars().all()
+            found.update(r for r in map(ref_of, keys) if r in refs)
+            if len(keys) < 20_000 or found == refs:
+                return found
+            last = keys[-1]
+
+    # -- mutators -----------------------------------------------------------------------------
+    def delete(self, selection: Selection, keys: Sequence[Any]) -> list[Any]:
+        if not keys:
+            return []
+        table = self.table(selection.rule)
+        key = table.c[str(selection.rule.key)]
+        where = sa.and_(key.in_(list(keys)), self.predicate(selection, table))
+        with self._errors(f"deleting from {table.name}"), self.engine.begin() as conn:
+            return _delete_returning(conn, table, key, where)
+
+
+def _delete_returning(conn: Connection, table: sa.Table, key: sa.Column[Any],
+                      where: sa.ColumnElement[bool]) -> list[Any]:
+    if conn.dialect.delete_returning:
+        return list(conn.execute(sa.delete(table).where(where).returning(key)).scalars())
+    locked = list(conn.execute(sa.select(key).where(where).with_for_update()).scalars())
+    if locked:
+        conn.execute(sa.delete(table).where(key.in_(locked)))
+    return locked
+
+
+def _is_disconnect(exc: OperationalError) -> bool:
+    code = getattr(exc.orig, "args", [None])[0]
+    return code in (2003, 2006, 2013) or "connection" in type(exc.orig).__name__.lower()
+
+
+def _where(where: str) -> sa.TextClause:
+    # Colons are escaped so that ``x::date`` or ``'a:b'`` are not taken for bind parameters.
+    return sa.text(f"({where.replace(':', chr(92) + ':')})")
+
+
+def _bound(column: sa.Column[Any], at: datetime) -> Any:
+    """A cutoff instant (aware, in the policy's zone) in the column's own representation."""
+    t = column.type
+    if isinstance(t, sa.DateTime):
+        return at.astimezone(UTC) if t.timezone else at.replace(tzinfo=None)
+    if isinstance(t, sa.Date):
+        return at.date()
+    if isinstance(t, sa.Integer):
+        return int(at.timestamp() // 1)
+    return at.replace(tzinfo=None).isoformat(sep=" ")
+
+
+def _filter(column: sa.Column[Any], f: Filter) -> sa.ColumnElement[bool]:
+    ops: dict[str, Callable[[], sa.ColumnElement[bool]]] = {
+        "eq": lambda: column == f.value,
+        "in": lambda: column.in_(list(f.value)),
+        "is_null": lambda: column.is_(None) if f.value else column.is_not(None),
+        "le": lambda: column <= _bound(column, f.value),
+        "gt": lambda: column > _bound(column, f.value),
+    }
+    return ops[f.op]()
+
+
+def _coerce(column: sa.Column[Any], values: Sequence[str]) -> list[Any]:
+    """Subject ids arrive as text (CLI, state database); bind them in the column's type."""
+    if isinstance(column.type, sa.Integer):
+        return [int(v) for v in values if str(v).lstrip("-").isdigit()]
+    return [str(v) for v in values]

@@ -1,0 +1,1 @@
+"""The audit trail: ledger (chain, checkpoints, verify) and export (json, csv, html)."""

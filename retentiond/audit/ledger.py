@@ -1,0 +1,157 @@
+"""The ledger: a gapless, hash-chained, append-only record of everything retentiond did.
+
+Each entry's hash is ``SHA-256(prev_hash || canonical entry)`` where ``prev_hash`` is the
+previous entry's hash as 64 lowercase hex characters (64 zeros before the first entry) and the
+canonical entry is the JSON object of its fields (``seq``, ``at``, ``run_id``, ``kind``,
+``rule``, ``store``, ``target``, ``action``, ``reason``, ``record_refs``, ``subject_ref``,
+``detail``) with sorted keys, no whitespace, ASCII only.
+
+Records are named by reference only: ``HMAC-SHA256(secret_key, store \\0 target \\0 key)``;
+subjects by ``HMAC-SHA256(secret_key, "subject" \\0 kind \\0 id)``. One disposal entry covers one
+batch and lists the references of every record it disposed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Connection, func, insert, select, update
+from sqlalchemy.engine import Engine
+
+from retentiond.state.models import LedgerEntry, LedgerHead
+
+GENESIS = "0" * 64
+ledger_t = LedgerEntry.__table__
+head_t = LedgerHead.__table__
+
+
+def now_text(at: datetime | None = None) -> str:
+    return (at or datetime.now(UTC)).astimezone(UTC).isoformat(timespec="microseconds")
+
+
+class Refs:
+    """Keyed pseudonyms for records and subjects (HMAC-SHA256, hex)."""
+
+    def __init__(self, secret: bytes) -> None:
+        self._secret = secret
+
+    def record_fn(self, store: str, target: str) -> Callable[[Any], str]:
+        base = hmac.new(self._secret, f"{store}\0{target}\0".encode(), hashlib.sha256)
+
+        def ref(key: Any) -> str:
+            h = base.copy()
+            h.update(str(key).encode())
+            return h.hexdigest()
+
+        return ref
+
+    def record(self, store: str, target: str, key: Any) -> str:
+        return self.record_fn(store, target)(key)
+
+    def subject(self, kind: str, subject: Any) -> str:
+        msg = f"subject\0{kind}\0{subject}".encode()
+        return hmac.new(self._secret, msg, hashlib.sha256).hexdigest()
+
+
+@dataclass
+class Draft:
+    """An entry before it has a sequence number and hash."""
+
+    kind: str
+    run_id: str | None = None
+    rule: str | None = None
+    store: str | None = None
+    target: str | None = None
+    action: str | None = None
+    reason: str | None = None
+    record_refs: Sequence[str] = ()
+    subject_ref: str | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
+    at: str | None = None
+
+
+def canonical(entry: dict[str, Any]) -> bytes:
+    body = {k: entry[k] for k in ("seq", "at", "run_id", "kind", "rule", "store", "target",
+                                  "action", "reason", "record_refs", "subject_ref", "detail")}
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def chain(prev_hash: str, entry: dict[str, Any]) -> str:
+    return hashlib.sha256(prev_hash.encode() + canonical(entry)).hexdigest()
+
+
+def append(conn: Connection, drafts: Iterable[Draft]) -> list[int]:
+    """Append entries inside the caller's transaction. The first statement locks the head row,
+    so concurrent appenders (a sweep and a ``hold add``) serialise and the sequence stays
+    gapless."""
+    conn.execute(update(head_t).where(head_t.c.id == 1).values(seq=head_t.c.seq))
+    seq, prev = conn.execute(select(head_t.c.seq, head_t.c.hash).where(head_t.c.id == 1)).one()
+    rows = []
+    for d in drafts:
+        seq += 1
+        entry = {
+            "seq": seq, "at": d.at or now_text(), "run_id": d.run_id, "kind": d.kind,
+            "rule": d.rule, "store": d.store, "target": d.target, "action": d.action,
+            "reason": d.reason, "record_refs": list(d.record_refs), "subject_ref": d.subject_ref,
+            "detail": d.detail,
+        }
+        prev = chain(prev, entry)
+        rows.append({**entry, "record_refs": json.dumps(entry["record_refs"]),
+                     "record_count": len(entry["record_refs"]),
+                     "detail": json.dumps(d.detail, sort_keys=True), "hash": prev})
+    if rows:
+        conn.execute(insert(ledger_t), rows)
+        conn.execute(update(head_t).where(head_t.c.id == 1).values(seq=seq, hash=prev))
+    return [r["seq"] for r in rows]
+
+
+def append_now(engine: Engine, drafts: Iterable[Draft]) -> list[int]:
+    with engine.begin() as conn:
+        return append(conn, drafts)
+
+
+def head(conn: Connection) -> tuple[int, str]:
+    seq, h = conn.execute(select(head_t.c.seq, head_t.c.hash).where(head_t.c.id == 1)).one()
+    return int(seq), str(h)
+
+
+def row_to_entry(row: Any) -> dict[str, Any]:
+    return {
+        "seq": row.seq, "at": row.at, "run_id": row.run_id, "kind": row.kind, "rule": row.rule,
+        "store": row.store, "target": row.target, "action": row.action, "reason": row.reason,
+        "record_refs": json.loads(row.record_refs), "subject_ref": row.subject_ref,
+        "detail": json.loads(row.detail), "hash": row.hash,
+    }
+
+
+def iter_entries(engine: Engine, *, since: str | None = None, until: str | None = None,
+                 page: int = 500) -> Iterator[dict[str, Any]]:
+    """Entries in sequence order, read in pages so memory stays flat on a long ledger."""
+    last = 0
+    while True:
+        q = select(ledger_t).where(ledger_t.c.seq > last).order_by(ledger_t.c.seq).limit(page)
+        if since:
+            q = q.where(ledger_t.c.at >= since)
+        if until:
+            q = q.where(ledger_t.c.at < until)
+        with engine.connect() as conn:
+            rows = conn.execute(q).all()
+        if not rows:
+            return
+        for row in rows:
+            yield row_to_entry(row)
+        last = rows[-1].seq
+
+
+def last_of_kind(engine: Engine, kind: str) -> dict[str, Any] | None:
+    with engine.connect() as conn:
+        top = conn.execute(select(func.max(ledger_t.c.seq)).where(ledger_t.c.kind == kind)).scalar()
+        if top is None:
+            return None
+        return row_to_entry(conn.execute(select(ledger_t).where(ledger_t.c.seq == top)).one())

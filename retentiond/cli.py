@@ -1,0 +1,196 @@
+"""Command-line parsing only. Maps errors to exit codes (SPEC section 1):
+0 success, 1 some records or rules failed, 2 usage or policy error, 3 a store or the state
+database unreachable, 4 audit verification failed."""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any, TypeVar
+
+import click
+
+from retentiond import __version__
+from retentiond import log as logsetup
+from retentiond.app import App
+from retentiond.errors import RetentiondError, UsageError
+from retentiond.timeutil import parse_instant
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _app(ctx: click.Context, json_flag: bool = False) -> App:
+    app: App = ctx.obj
+    app.json = app.json or json_flag
+    return app
+
+
+def json_option(fn: F) -> F:
+    return click.option("--json", "json_flag", is_flag=True,
+                        help="Print exactly one JSON document on stdout.")(fn)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", "config", metavar="PATH", envvar="RETENTIOND_CONFIG",
+              help="Policy file (default $RETENTIOND_CONFIG, then /etc/retentiond/retentiond.yaml).")
+@click.option("--json", "json_out", is_flag=True, help="Print one JSON document on stdout.")
+@click.option("--debug", is_flag=True, help="Debug logs and tracebacks.")
+@click.version_option(__version__, prog_name="retentiond")
+@click.pass_context
+def cli(ctx: click.Context, config: str | None, json_out: bool, debug: bool) -> None:
+    """retentiond enforces a data-retention policy on your own data stores."""
+    logsetup.setup(debug=debug, stream=sys.stdout if ctx.invoked_subcommand == "serve"
+                   else sys.stderr)
+    ctx.obj = App(config, json_out=json_out, debug=debug)
+    ctx.call_on_close(ctx.obj.close)
+
+
+# -- config -----------------------------------------------------------------------------------
+@cli.group("config")
+def config_group() -> None:
+    """Check the policy file or print its JSON Schema."""
+
+
+@config_group.command("validate")
+@json_option
+@click.pass_context
+def config_validate(ctx: click.Context, json_flag: bool) -> None:
+    """Schema, cross references and live checks against each store."""
+    from retentiond.commands import config
+
+    ctx.exit(config.validate(_app(ctx, json_flag)))
+
+
+@config_group.command("schema")
+@click.pass_context
+def config_schema(ctx: click.Context) -> None:
+    """Print the JSON Schema of the policy file."""
+    from retentiond.commands import config
+
+    ctx.exit(config.schema(_app(ctx)))
+
+
+# -- plan / run -------------------------------------------------------------------------------
+def _as_of(value: str | None, app: App) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        return parse_instant(value, app.policy.tz)
+    except ValueError:
+        raise UsageError(f"--as-of {value!r}: not an ISO 8601 instant "
+                         "(e.g. 2026-11-22T03:00:00Z; without an offset it is in `timezone`)"
+                         ) from None
+
+
+@cli.command("plan")
+@click.option("--rule", "rules", multiple=True, metavar="ID", help="Only this rule (repeatable).")
+@click.option("--as-of", "as_of", metavar="ISO8601", help="Plan as of this instant.")
+@json_option
+@click.pass_context
+def plan_cmd(ctx: click.Context, rules: tuple[str, ...], as_of: str | None,
+             json_flag: bool) -> None:
+    """The dry run: what a sweep would do now. Writes nothing to any data store."""
+    from retentiond.commands import run
+
+    app = _app(ctx, json_flag)
+    when = _as_of(as_of, app)
+    ctx.exit(run.plan(app, rules, when))
+
+
+@cli.command("run")
+@click.option("--dry-run", is_flag=True, help="Same as plan.")
+@click.option("--rule", "rules", multiple=True, metavar="ID", help="Only this rule (repeatable).")
+@json_option
+@click.pass_context
+def run_cmd(ctx: click.Context, dry_run: bool, rules: tuple[str, ...], json_flag: bool) -> None:
+    """One sweep now."""
+    from retentiond.commands import run
+
+    ctx.exit(run.run(_app(ctx, json_flag), rules, dry_run))
+
+
+# -- audit ------------------------------------------------------------------------------------
+@cli.group("audit")
+def audit_group() -> None:
+    """Verify or export the audit trail."""
+
+
+@audit_group.command("verify")
+@click.option("--checkpoint", "checkpoint_file", metavar="FILE",
+              help="A checkpoint exported earlier (audit checkpoint -o FILE).")
+@json_option
+@click.pass_context
+def audit_verify(ctx: click.Context, checkpoint_file: str | None, json_flag: bool) -> None:
+    """Recompute the hash chain and check every checkpoint."""
+    from retentiond.commands import audit
+
+    ctx.exit(audit.verify(_app(ctx, json_flag), checkpoint_file))
+
+
+@audit_group.command("export")
+@click.option("--format", "fmt", type=click.Choice(["json", "csv", "html"]), required=True)
+@click.option("--since", metavar="ISO", help="Entries at or after this instant.")
+@click.option("--until", metavar="ISO", help="Entries before this instant.")
+@click.option("-o", "--output", "out", metavar="FILE", help="Write here instead of stdout.")
+@click.pass_context
+def audit_export(ctx: click.Context, fmt: str, since: str | None, until: str | None,
+                 out: str | None) -> None:
+    """Export the audit trail (json, csv) or the report for a data-protection officer (html)."""
+    from retentiond.commands import audit
+
+    ctx.exit(audit.export_cmd(_app(ctx), fmt, since, until, out))
+
+
+@audit_group.command("checkpoint")
+@click.option("-o", "--output", "out", metavar="FILE", help="Write here instead of stdout.")
+@click.pass_context
+def audit_checkpoint(ctx: click.Context, out: str | None) -> None:
+    """Print the latest checkpoint, to keep outside for `audit verify --checkpoint`."""
+    from retentiond.commands import audit
+
+    ctx.exit(audit.checkpoint_cmd(_app(ctx), out))
+
+
+# -- db ---------------------------------------------------------------------------------------
+@cli.group("db")
+def db_group() -> None:
+    """retentiond's own state database."""
+
+
+@db_group.command("upgrade")
+@json_option
+@click.pass_context
+def db_upgrade(ctx: click.Context, json_flag: bool) -> None:
+    """Apply the state-database migrations (every command also does this on start)."""
+    from retentiond.commands import db
+
+    ctx.exit(db.upgrade(_app(ctx, json_flag)))
+
+
+def main(argv: list[str] | None = None) -> None:
+    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    try:
+        cli.main(args=argv, prog_name="retentiond", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        click.echo(f"error: {exc.format_message()}", err=True)
+        sys.exit(2)
+    except click.exceptions.Abort:
+        click.echo("error: aborted", err=True)
+        sys.exit(130)
+    except RetentiondError as exc:
+        if debug:
+            traceback.print_exc()
+        for text in exc.lines():
+            click.echo(f"error: {text}", err=True)
+        sys.exit(exc.exit_code)
+    except Exception as exc:  # noqa: BLE001 - last resort: one line, traceback with --debug
+        if debug:
+            traceback.print_exc()
+        click.echo(f"error: internal error: {type(exc).__name__}: {exc} "
+                   "(run with --debug for a traceback)", err=True)
+        sys.exit(1)
+    sys.exit(0)

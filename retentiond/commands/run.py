@@ -1,0 +1,47 @@
+"""``plan`` and ``run``: the dry run and the sweep."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from retentiond import output
+from retentiond.app import App
+from retentiond.sweep import SweepReport, sweep
+
+COLUMNS = ("rule", "store", "target", "action", "due", "held", "kept", "done", "failed",
+           "no clock")
+
+
+def plan(app: App, rule_ids: Sequence[str], as_of: datetime | None) -> int:
+    report = sweep(app, dry_run=True, rule_ids=rule_ids, as_of=as_of)
+    _show(app, report)
+    return report.exit_code
+
+
+def run(app: App, rule_ids: Sequence[str], dry_run: bool) -> int:
+    report = sweep(app, dry_run=dry_run, rule_ids=rule_ids)
+    _show(app, report)
+    return report.exit_code
+
+
+def _show(app: App, report: SweepReport) -> None:
+    doc = report.as_json()
+    if app.json:
+        output.emit_json(doc)
+        return
+    rows = [(r.rule, r.store, r.target, r.action, r.due, r.held, r.kept, r.done, r.failed,
+             r.null_clock) for r in report.rules]
+    t = doc["totals"]
+    footer = ("total", "", "", "", t["due"], t["held"], t["kept"], t["done"], t["failed"],
+              sum(r.null_clock for r in report.rules))
+    kind = "Plan (dry run, nothing changed)" if report.dry_run else "Sweep"
+    output.table(f"{kind} as of {report.as_of.isoformat(timespec='seconds')}  "
+                 f"run {report.run_id[:12]}", COLUMNS, rows, numeric_from=4, footer=footer)
+    for r in report.rules:
+        if r.error:
+            output.line(f"[red]rule {r.rule} failed:[/red] {r.error}")
+    if not report.dry_run:
+        verdict = "stopped early" if report.stopped else "complete"
+        output.line(f"sweep {verdict}: {t['done']} disposed, {t['failed']} failed, "
+                    f"{t['held']} held, {t['kept']} kept")

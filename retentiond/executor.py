@@ -1,0 +1,139 @@
+"""The only caller of adapter mutators. Per batch: intent -> act -> ledger.
+
+1. The batch's record references are written to ``pending`` and committed (the intent).
+2. The adapter disposes the batch in one store transaction and returns what it disposed.
+3. One state transaction appends the ledger entry for exactly those records and removes the
+   intent.
+
+A crash between 1 and 3 leaves the intent behind; :meth:`Executor.reconcile` (run at the start
+of every sweep) asks the adapter which of its records are gone and ledgers those, so every
+disposed record is in the ledger exactly once.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import delete, insert, select
+from sqlalchemy.engine import Engine
+
+from retentiond.adapters.base import Adapter, Selection
+from retentiond.audit import ledger
+from retentiond.errors import StoreError, StoreUnreachable
+from retentiond.log import get_logger
+from retentiond.policy.model import Policy
+from retentiond.state.models import Pending
+
+log = get_logger(__name__)
+pending_t = Pending.__table__
+
+
+@dataclass
+class RuleResult:
+    rule: str
+    store: str
+    target: str
+    action: str
+    due: int = 0
+    held: int = 0
+    kept: int = 0
+    done: int = 0
+    failed: int = 0
+    null_clock: int = 0
+    error: str | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return {"rule": self.rule, "store": self.store, "target": self.target,
+                "action": self.action, "due": self.due, "held": self.held, "kept": self.kept,
+                "done": self.done, "failed": self.failed, "null_clock": self.null_clock}
+
+
+class Executor:
+    def __init__(self, policy: Policy, state: Engine, adapters: dict[str, Adapter],
+                 run_id: str, should_stop: Callable[[], bool] = lambda: False) -> None:
+        self.policy = policy
+        self.state = state
+        self.adapters = adapters
+        self.run_id = run_id
+        self.should_stop = should_stop
+        self.refs = ledger.Refs(policy.secret_key.get_secret_value())
+
+    # -- sweeping -----------------------------------------------------------------------------
+    def execute(self, sel: Selection, result: RuleResult) -> bool:
+        """Dispose what the selection covers, batch by batch. Returns False if stopped early."""
+        rule = sel.rule
+        adapter = self.adapters[rule.store]
+        ref_of = self.refs.record_fn(rule.store, rule.target)
+        for batch in adapter.scan(sel, self.policy.batch_size):
+            keys = [c.key for c in batch]
+            intent = self._intent(sel, [ref_of(k) for k in keys])
+            try:
+                disposed = adapter.dispose(sel, keys)
+            except StoreUnreachable:
+                result.failed += len(keys)
+                raise
+            except StoreError:
+                # The store rolled the batch back; the intent stays for reconcile to settle.
+                result.failed += len(keys)
+                raise
+            self._record(sel, intent, [ref_of(k) for k in disposed])
+            result.done += len(disposed)
+            log.debug("batch disposed", rule=rule.id, count=len(disposed))
+            if self.should_stop():
+                return False
+        return True
+
+    def _intent(self, sel: Selection, refs: Sequence[str]) -> int:
+        rule = sel.rule
+        with self.state.begin() as conn:
+            res = conn.execute(insert(pending_t).values(
+                created_at=datetime.now(UTC), run_id=self.run_id, rule=rule.id,
+                store=rule.store, target=rule.target, action=sel.action, reason=sel.reason,
+                subject_ref=sel.subject_ref, record_refs=json.dumps(list(refs)),
+                detail=json.dumps(sel.detail)))
+            return int(res.inserted_primary_key[0])
+
+    def _record(self, sel: Selection, intent: int, refs: list[str]) -> None:
+        rule = sel.rule
+        draft = ledger.Draft(kind="dispose", run_id=self.run_id, rule=rule.id, store=rule.store,
+                             target=rule.target, action=sel.action, reason=sel.reason,
+                             record_refs=refs, subject_ref=sel.subject_ref,
+                             detail={**sel.detail, "count": len(refs)})
+        with self.state.begin() as conn:
+            if refs:
+                ledger.append(conn, [draft])
+            conn.execute(delete(pending_t).where(pending_t.c.id == intent))
+
+    # -- crash recovery -----------------------------------------------------------------------
+    def reconcile(self) -> int:
+        """Ledger the records of intents left by a crash that are gone from their store."""
+        with self.state.connect() as conn:
+            rows = conn.execute(select(pending_t).order_by(pending_t.c.id)).all()
+        settled = 0
+        for row in rows:
+            adapter = self.adapters.get(row.store)
+            rule = next((r for r in self.policy.rules if r.id == row.rule), None)
+            if adapter is None or rule is None:
+                log.warning("intent left unreconciled", rule=row.rule, store=row.store)
+                continue
+            refs = json.loads(row.record_refs)
+            present = adapter.remaining(rule, row.action, set(refs),
+                                        self.refs.record_fn(row.store, row.target))
+            gone = [r for r in refs if r not in present]
+            draft = ledger.Draft(kind="dispose", run_id=row.run_id, rule=row.rule,
+                                 store=row.store, target=row.target, action=row.action,
+                                 reason=row.reason, record_refs=gone, subject_ref=row.subject_ref,
+                                 detail={**json.loads(row.detail), "count": len(gone),
+                                         "reconciled": True})
+            with self.state.begin() as conn:
+                if gone:
+                    ledger.append(conn, [draft])
+                conn.execute(delete(pending_t).where(pending_t.c.id == row.id))
+            settled += len(gone)
+            log.info("intent reconciled", rule=row.rule, disposed=len(gone),
+                     untouched=len(present))
+        return settled

@@ -1,0 +1,71 @@
+"""structlog setup: JSON lines off a terminal (journald), console rendering on one.
+
+One-shot commands log to stderr so that stdout carries only the command's output; ``serve``
+logs to stdout, which systemd hands to the journal. Standard-library loggers (SQLAlchemy,
+Alembic, APScheduler) go through the same processors.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from typing import Any, TextIO
+
+import structlog
+
+_URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)(?P<pw>[^@\s]*)(?=@)")
+
+
+def redact_url(url: str) -> str:
+    """``postgresql://user:secret@host/db`` -> ``postgresql://user:***@host/db``."""
+    return _URL_PASSWORD.sub(lambda m: m.group("head") + "***", str(url))
+
+
+def _redact(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+    for k, v in event.items():
+        if isinstance(v, str) and "://" in v:
+            event[k] = redact_url(v)
+    return event
+
+
+def setup(*, debug: bool = False, stream: TextIO | None = None) -> None:
+    stream = stream or sys.stderr
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _redact,
+    ]
+    tty = hasattr(stream, "isatty") and stream.isatty()
+    renderer: Any = (
+        structlog.dev.ConsoleRenderer(colors=True)
+        if tty
+        else structlog.processors.JSONRenderer(sort_keys=False)
+    )
+    level = logging.DEBUG if debug else logging.INFO
+    structlog.configure(
+        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        cache_logger_on_first_use=False,
+    )
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=shared,
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            *([] if tty else [structlog.processors.format_exc_info]),
+            renderer,
+        ],
+    )
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    for noisy in ("sqlalchemy", "alembic", "apscheduler", "botocore", "urllib3", "faker"):
+        logging.getLogger(noisy).setLevel(logging.DEBUG if debug else logging.WARNING)
+
+
+def get_logger(name: str) -> Any:
+    return structlog.get_logger(name)

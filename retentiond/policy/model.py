@@ -1,0 +1,337 @@
+"""The policy file as a frozen, typed model (pydantic 2). Unknown keys are errors.
+
+Cross-field rules that need the whole file (a rule naming an unknown store, duplicate ids,
+``keep_for`` longer than ``dispose_after``) live in :mod:`retentiond.policy.checks` so that every
+problem is reported at once, each with its path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    PrivateAttr,
+    SecretBytes,
+    WithJsonSchema,
+    model_validator,
+)
+
+from retentiond.policy.sqltext import check_identifier, check_where
+from retentiond.timeutil import Duration, parse_duration
+
+DURATION_PATTERN = r"^(\d+(h|d|w|mo|y)|P(\d+Y)?(\d+M)?(\d+W)?(\d+D)?(T(\d+H)?(\d+M)?(\d+S)?)?)$"
+
+DurationField = Annotated[
+    Duration,
+    BeforeValidator(lambda v: v if isinstance(v, Duration) else parse_duration(v)),
+    PlainSerializer(str, return_type=str),
+    WithJsonSchema({"type": "string", "pattern": DURATION_PATTERN,
+                    "description": "3y, 18mo, 30d, 2w, 12h or ISO 8601 (P3Y, PT12H)"}),
+]
+Identifier = Annotated[str, AfterValidator(check_identifier)]
+TableName = Annotated[str, AfterValidator(lambda v: check_identifier(v, qualified=True))]
+RuleId = Annotated[str, Field(pattern=r"^[a-z0-9-]+$", min_length=1, max_length=64)]
+Action = Literal["delete", "anonymize", "isolate"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+
+# --- secrets -------------------------------------------------------------------------------
+
+
+class SecretRef(_Model):
+    """Where a secret lives: exactly one of a file, an environment variable, or a systemd
+    credential (``LoadCredential=``, read from ``$CREDENTIALS_DIRECTORY``)."""
+
+    file: str | None = None
+    env: str | None = None
+    credential: str | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> SecretRef:
+        if sum(v is not None for v in (self.file, self.env, self.credential)) != 1:
+            raise ValueError("give exactly one of file, env or credential")
+        return self
+
+
+def read_secret(value: str | SecretRef) -> bytes:
+    if isinstance(value, str):
+        return value.encode()
+    if value.env is not None:
+        if value.env not in os.environ:
+            raise ValueError(f"environment variable {value.env} is not set")
+        return os.environ[value.env].encode()
+    if value.credential is not None:
+        directory = os.environ.get("CREDENTIALS_DIRECTORY")
+        if not directory:
+            raise ValueError(f"credential {value.credential}: $CREDENTIALS_DIRECTORY is not set")
+        return _read_key_file(Path(directory) / value.credential)
+    return _read_key_file(Path(str(value.file)))
+
+
+def _read_key_file(path: Path) -> bytes:
+    try:
+        mode = path.stat().st_mode
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ValueError(f"cannot read key file {path}: {exc.strerror}") from None
+    if mode & stat.S_IROTH:
+        raise ValueError(f"key file {path} is readable by others; chmod 600 it")
+    return data.rstrip(b"\r\n")
+
+
+def _resolve_secret_key(value: str | SecretRef) -> SecretBytes:
+    data = read_secret(value)
+    if len(data) < 32:
+        raise ValueError(f"secret_key is {len(data)} bytes; it must be at least 32 bytes")
+    return SecretBytes(data)
+
+
+def _resolve_optional(value: str | SecretRef | None) -> SecretBytes | None:
+    return None if value is None else SecretBytes(read_secret(value))
+
+
+SecretKey = Annotated[str | SecretRef, AfterValidator(_resolve_secret_key)]
+OptionalSecret = Annotated[str | SecretRef | None, AfterValidator(_resolve_optional)]
+SecretString = Annotated[str | SecretRef, AfterValidator(lambda v: read_secret(v).decode())]
+
+
+# --- match conditions -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One ``match`` condition: ``eq``, ``in``, ``is_null``, ``older_than`` or ``newer_than``."""
+
+    op: str
+    value: Any
+
+
+_CONDITION_OPS = {"in", "is_null", "older_than", "newer_than"}
+
+
+def _condition(v: Any) -> Condition:
+    if isinstance(v, Condition):
+        return v
+    if isinstance(v, Mapping):
+        if len(v) != 1 or next(iter(v)) not in _CONDITION_OPS:
+            raise ValueError(f"a condition is a value or one of {sorted(_CONDITION_OPS)}")
+        op, arg = next(iter(v.items()))
+        if op == "in":
+            if not isinstance(arg, list) or not arg or not all(_is_scalar(x) for x in arg):
+                raise ValueError("in takes a non-empty list of values")
+            return Condition("in", tuple(arg))
+        if op == "is_null":
+            if not isinstance(arg, bool):
+                raise ValueError("is_null takes true or false")
+            return Condition("is_null", arg)
+        return Condition(op, parse_duration(arg))
+    if not _is_scalar(v) or v is None:
+        raise ValueError("a condition is a scalar value; use {is_null: true} for NULL")
+    return Condition("eq", v)
+
+
+def _is_scalar(v: Any) -> bool:
+    return isinstance(v, str | int | float | bool)
+
+
+MatchCondition = Annotated[
+    Condition,
+    BeforeValidator(_condition),
+    WithJsonSchema({"anyOf": [
+        {"type": ["string", "number", "boolean"]},
+        {"type": "object", "additionalProperties": False, "minProperties": 1,
+         "maxProperties": 1, "properties": {
+             "in": {"type": "array", "minItems": 1},
+             "is_null": {"type": "boolean"},
+             "older_than": {"type": "string", "pattern": DURATION_PATTERN},
+             "newer_than": {"type": "string", "pattern": DURATION_PATTERN}}}]}),
+]
+
+
+# --- anonymisation strategies ---------------------------------------------------------------
+
+
+class NullStrategy(_Model):
+    strategy: Literal["null"]
+
+
+class DefaultStrategy(_Model):
+    strategy: Literal["default"]
+
+
+class ConstantStrategy(_Model):
+    strategy: Literal["constant"]
+    value: str | int | float | bool
+
+
+class MaskStrategy(_Model):
+    strategy: Literal["mask"]
+    keep_first: int = Field(0, ge=0)
+    keep_last: int = Field(0, ge=0)
+    char: str = Field("*", min_length=1, max_length=1)
+    format: Literal["email"] | None = None
+
+
+class HmacStrategy(_Model):
+    strategy: Literal["hmac"]
+    length: int | None = Field(None, ge=8, le=64)
+    format: Literal["email"] | None = None
+    domain: str = "anonymized.invalid"
+
+
+class FakeStrategy(_Model):
+    strategy: Literal["fake"]
+    provider: str = Field(pattern=r"^[a-z_][a-z0-9_]*$")
+    locale: str | None = None
+    deterministic: bool = False
+
+
+class TruncateDateStrategy(_Model):
+    strategy: Literal["truncate_date"]
+    unit: Literal["year", "month", "day"]
+
+
+class RoundStrategy(_Model):
+    strategy: Literal["round"]
+    step: float = Field(gt=0)
+
+
+Strategy = Annotated[
+    NullStrategy | DefaultStrategy | ConstantStrategy | MaskStrategy | HmacStrategy
+    | FakeStrategy | TruncateDateStrategy | RoundStrategy,
+    Field(discriminator="strategy"),
+]
+
+
+class AnonymizeOptions(_Model):
+    marker: Identifier
+    columns: dict[Identifier, Strategy] = Field(min_length=1)
+
+
+class IsolateOptions(_Model):
+    table: TableName | None = None
+    for_: DurationField | None = Field(None, alias="for")
+
+
+# --- stores and rules -----------------------------------------------------------------------
+
+
+class Backups(_Model):
+    retention: DurationField
+
+
+class Store(_Model):
+    adapter: str = Field(pattern=r"^[a-z][a-z0-9_-]*$")
+    url: SecretString | None = None
+    root: str | None = None
+    bucket: str | None = None
+    prefix: str = ""
+    endpoint_url: str | None = None
+    region: str | None = None
+    backups: Backups | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class Rule(_Model):
+    id: RuleId
+    description: str = ""
+    source: str = ""
+    store: str
+    table: TableName | None = None
+    path: str | None = None
+    key: Identifier | None = None
+    subject: Identifier | None = None
+    subject_kind: str = Field("user", pattern=r"^[a-z0-9_-]+$")
+    clock: Identifier | None = None
+    match: dict[Identifier, MatchCondition] = Field(default_factory=dict)
+    where: Annotated[str, AfterValidator(check_where)] | None = None
+    keep_for: DurationField | None = None
+    dispose_after: DurationField | None = None
+    action: Action = "delete"
+    anonymize: AnonymizeOptions | None = None
+    isolate: IsolateOptions | None = None
+    on_erasure: Literal["delete", "anonymize", "isolate", "keep"] | None = None
+    legal_basis: str | None = None
+
+    @property
+    def target(self) -> str:
+        """What the rule scans: the table (sql) or the path pattern (files, s3)."""
+        return self.table or self.path or ""
+
+    @property
+    def erasure_action(self) -> str:
+        return self.on_erasure or self.action
+
+
+class RequestOptions(_Model):
+    erasure_due: DurationField = Field(default_factory=lambda: parse_duration("30d"))
+
+
+class MetricsOptions(_Model):
+    port: int = Field(ge=1, le=65535)
+    address: str = "127.0.0.1"
+
+
+def _zone(v: str) -> str:
+    try:
+        ZoneInfo(v)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {v!r}; use an IANA name like UTC or Europe/Berlin")
+    return v
+
+
+class Policy(_Model):
+    version: Literal[1]
+    timezone: Annotated[str, AfterValidator(_zone)] = "UTC"
+    state: str = "sqlite:////var/lib/retentiond/state.db"
+    secret_key: SecretKey
+    signing_key: OptionalSecret = None
+    schedule: str = "0 3 * * *"
+    batch_size: int = Field(5000, ge=1, le=100_000)
+    requests: RequestOptions = Field(default_factory=RequestOptions)
+    metrics: MetricsOptions | None = None
+    stores: dict[Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]+$")], Store]
+    rules: tuple[Rule, ...] = ()
+
+    _path: Path | None = PrivateAttr(default=None)
+    _digest: str = PrivateAttr(default="")
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+    @property
+    def path(self) -> Path | None:
+        return self._path
+
+    @property
+    def digest(self) -> str:
+        """SHA-256 of the policy file as written, to record policy changes in the ledger."""
+        return self._digest
+
+    def rule(self, rule_id: str) -> Rule:
+        for r in self.rules:
+            if r.id == rule_id:
+                return r
+        raise KeyError(rule_id)
+
+    def with_origin(self, path: Path | None, raw: bytes) -> Policy:
+        self._path = path
+        self._digest = hashlib.sha256(raw).hexdigest()
+        return self

@@ -1,0 +1,1 @@
+"""retentiond's own database: models, engine, migrations runner."""

@@ -1,0 +1,99 @@
+"""retentiond's own database: engine, Alembic upgrade, and the unreachable-database error.
+
+The Alembic scripts live in the top-level ``migrations/`` folder of the source tree and are
+copied into the wheel as ``retentiond/_migrations``; :func:`migrations_dir` finds either.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import create_engine, event, text
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from retentiond.errors import StateUnreachable
+from retentiond.log import get_logger, redact_url
+
+log = get_logger(__name__)
+
+
+def normalize_url(url: str) -> str:
+    """Pick the drivers retentiond ships with when a URL names none."""
+    for plain, full in (("postgresql://", "postgresql+psycopg://"),
+                        ("postgres://", "postgresql+psycopg://"),
+                        ("mysql://", "mysql+pymysql://"), ("mariadb://", "mariadb+pymysql://")):
+        if url.startswith(plain):
+            return full + url[len(plain):]
+    return url
+
+
+def migrations_dir() -> Path:
+    here = Path(__file__).resolve().parent.parent
+    for candidate in (here / "_migrations", here.parent / "migrations"):
+        if (candidate / "env.py").is_file():
+            return candidate
+    raise RuntimeError("retentiond's migrations are missing from this installation")
+
+
+def make_engine(url: str) -> Engine:
+    url = normalize_url(url)
+    kwargs: dict[str, Any] = {"future": True}
+    if url.startswith("sqlite"):
+        path = url.split(":///", 1)[-1]
+        if path and path != ":memory:":
+            Path(path.split("?")[0]).parent.mkdir(parents=True, exist_ok=True)
+        kwargs["connect_args"] = {"timeout": 60}
+    else:
+        kwargs["pool_pre_ping"] = True
+    engine = create_engine(url, **kwargs)
+    if url.startswith("sqlite"):
+        event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
+
+
+def open_state(url: str, *, upgrade: bool = True) -> Engine:
+    """Connect to the state database (exit 3 if unreachable) and migrate it to head."""
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("select 1"))
+    except (OperationalError, DBAPIError):
+        raise StateUnreachable(
+            f"state database {redact_url(url)} is unreachable; check `state:` in the policy"
+        ) from None
+    if upgrade:
+        upgrade_state(engine)
+    return engine
+
+
+def alembic_config(engine: Engine) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(migrations_dir()))
+    cfg.attributes["engine"] = engine
+    return cfg
+
+
+def upgrade_state(engine: Engine, revision: str = "head") -> None:
+    cfg = alembic_config(engine)
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, revision)
+
+
+def current_revision(engine: Engine) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()

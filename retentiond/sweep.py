@@ -1,0 +1,170 @@
+"""One sweep: plan (read-only counts) and, unless dry, execution through the executor.
+
+``plan`` is this module without the executor: it builds the same selections and counts them
+with the adapters' read-only methods, so a dry run can never change a store.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import insert, select, update
+
+from retentiond import planner
+from retentiond.app import App
+from retentiond.audit import checkpoint, ledger
+from retentiond.errors import RetentiondError, StoreUnreachable, UsageError
+from retentiond.executor import Executor, RuleResult
+from retentiond.log import get_logger
+from retentiond.policy.model import Rule
+from retentiond.state.models import Pending, Run
+
+log = get_logger(__name__)
+runs_t = Run.__table__
+
+
+@dataclass
+class SweepReport:
+    run_id: str
+    dry_run: bool
+    as_of: datetime
+    rules: list[RuleResult] = field(default_factory=list)
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    unreachable: bool = False
+    stopped: bool = False
+
+    @property
+    def failed(self) -> bool:
+        return any(r.failed or r.error for r in self.rules)
+
+    @property
+    def exit_code(self) -> int:
+        return 3 if self.unreachable else 1 if self.failed else 0
+
+    def as_json(self) -> dict[str, Any]:
+        totals = {k: sum(getattr(r, k) for r in self.rules)
+                  for k in ("due", "held", "kept", "done", "failed")}
+        return {"run_id": self.run_id, "dry_run": self.dry_run,
+                "as_of": self.as_of.isoformat(), "rules": [r.as_json() for r in self.rules],
+                "requests": self.requests, "totals": totals}
+
+
+def choose_rules(app: App, rule_ids: Sequence[str]) -> list[Rule]:
+    known = {r.id for r in app.policy.rules}
+    unknown = [r for r in rule_ids if r not in known]
+    if unknown:
+        raise UsageError(f"--rule {unknown[0]}: no such rule in {app.config_path} "
+                         f"(rules: {', '.join(sorted(known)) or 'none'})")
+    return [r for r in app.policy.rules if not rule_ids or r.id in rule_ids]
+
+
+def sweep(app: App, *, dry_run: bool, rule_ids: Sequence[str] = (),
+          as_of: datetime | None = None, should_stop: Callable[[], bool] = lambda: False
+          ) -> SweepReport:
+    policy = app.policy
+    rules = choose_rules(app, rule_ids)
+    if as_of is not None and not dry_run:
+        raise UsageError("--as-of is only for plan (a dry run); a real sweep runs now")
+    now = (as_of or datetime.now(UTC)).astimezone(UTC)
+    report = SweepReport(run_id=uuid.uuid4().hex, dry_run=dry_run, as_of=now)
+    state = app.state
+    with state.begin() as conn:
+        conn.execute(insert(runs_t).values(id=report.run_id, started_at=datetime.now(UTC),
+                                           as_of=now, dry_run=dry_run, status="running",
+                                           policy_digest=policy.digest))
+    executor = None
+    if not dry_run:
+        executor = Executor(policy, state, {}, report.run_id, should_stop)
+        _record_policy_change(app, report.run_id)
+        _reconcile(app, executor)
+    for rule in rules:
+        result = RuleResult(rule.id, rule.store, rule.target, rule.action)
+        report.rules.append(result)
+        try:
+            _sweep_rule(app, rule, now, result, executor)
+        except StoreUnreachable as exc:
+            report.unreachable = True
+            _rule_failed(result, exc)
+        except RetentiondError as exc:
+            _rule_failed(result, exc)
+        log.info("rule swept", run_id=report.run_id, rule=rule.id, store=rule.store,
+                 action=rule.action, dry_run=dry_run, due=result.due, held=result.held,
+                 kept=result.kept, done=result.done, failed=result.failed,
+                 null_clock=result.null_clock, **({"error": result.error} if result.error else {}))
+        if executor is not None and should_stop():
+            report.stopped = True
+            break
+    _finish(app, report)
+    return report
+
+
+def _sweep_rule(app: App, rule: Rule, now: datetime, result: RuleResult,
+                executor: Executor | None) -> None:
+    adapter = app.adapter(rule.store)
+    result.null_clock = adapter.count_null_clock(rule)
+    sel = planner.time_selection(rule, now, app.policy.tz)
+    if sel is None:
+        return
+    result.due = adapter.count(sel)
+    if executor is None:
+        return
+    executor.adapters[rule.store] = adapter
+    try:
+        executor.execute(sel, result)
+    finally:
+        if result.failed == 0:
+            result.due = result.done
+        else:
+            result.failed = max(result.failed, result.due - result.done)
+            result.due = result.done + result.failed
+
+
+def _rule_failed(result: RuleResult, exc: RetentiondError) -> None:
+    result.error = str(exc)
+    if result.failed == 0 and result.due > result.done:
+        result.failed = result.due - result.done
+
+
+def _reconcile(app: App, executor: Executor) -> None:
+    with app.state.connect() as conn:
+        stores = set(conn.execute(select(Pending.__table__.c.store).distinct()).scalars())
+    for name in stores:
+        if name in app.policy.stores:
+            try:
+                executor.adapters[name] = app.adapter(name)
+            except StoreUnreachable as exc:
+                log.warning("cannot reconcile yet", store=name, error=str(exc))
+    if stores:
+        executor.reconcile()
+
+
+def _record_policy_change(app: App, run_id: str) -> None:
+    last = ledger.last_of_kind(app.state, "policy")
+    digest = app.policy.digest
+    if last is not None and last["detail"].get("digest") == digest:
+        return
+    ledger.append_now(app.state, [ledger.Draft(
+        kind="policy", run_id=run_id, reason="policy loaded",
+        detail={"digest": digest, "rules": sorted(r.id for r in app.policy.rules),
+                "previous": last["detail"].get("digest") if last else None})])
+    log.info("policy change recorded", digest=digest[:16])
+
+
+def _finish(app: App, report: SweepReport) -> None:
+    if not report.dry_run:
+        signing = None
+        if app.policy.signing_key is not None:
+            signing = checkpoint.load_signing_key(app.policy.signing_key.get_secret_value())
+        cp = checkpoint.write(app.state, report.run_id, signing)
+        log.info("checkpoint", run_id=report.run_id, seq=cp["seq"], hash=cp["hash"],
+                 at=cp["at"], signature=cp["signature"])
+    status = "interrupted" if report.stopped else "failed" if report.exit_code else "ok"
+    with app.state.begin() as conn:
+        conn.execute(update(runs_t).where(runs_t.c.id == report.run_id).values(
+            finished_at=datetime.now(UTC), status=status,
+            summary=json.dumps(report.as_json())))
