@@ -153,6 +153,96 @@ def audit_checkpoint(ctx: click.Context, out: str | None) -> None:
     ctx.exit(audit.checkpoint_cmd(_app(ctx), out))
 
 
+# -- requests, holds, explain -----------------------------------------------------------------
+@cli.group("request")
+def request_group() -> None:
+    """Erasure requests."""
+
+
+@request_group.command("erase")
+@click.argument("subject")
+@click.option("--kind", default="user", show_default=True, help="The subject_kind of the rules.")
+@click.option("--ref", help="An external reference (ticket number).")
+@click.option("--due", metavar="DURATION", help="Deadline from now (default requests.erasure_due).")
+@json_option
+@click.pass_context
+def request_erase(ctx: click.Context, subject: str, kind: str, ref: str | None, due: str | None,
+                  json_flag: bool) -> None:
+    """Record an erasure request for SUBJECT; prints the request id."""
+    from retentiond.commands import cases
+
+    ctx.exit(cases.request_erase(_app(ctx, json_flag), subject, kind, ref, due))
+
+
+@request_group.command("list")
+@click.option("--open", "open_only", is_flag=True, help="Only open requests.")
+@click.option("--overdue", is_flag=True, help="Only open requests past their due date.")
+@json_option
+@click.pass_context
+def request_list(ctx: click.Context, open_only: bool, overdue: bool, json_flag: bool) -> None:
+    """Requests with status, due date and outcome."""
+    from retentiond.commands import cases
+
+    ctx.exit(cases.request_list(_app(ctx, json_flag), open_only, overdue))
+
+
+@cli.group("hold")
+def hold_group() -> None:
+    """Legal holds."""
+
+
+@hold_group.command("add")
+@click.option("--subject", help="Hold every record of this subject.")
+@click.option("--kind", default="user", show_default=True, help="The subject's subject_kind.")
+@click.option("--rule", "rule", metavar="ID", help="Hold every record of this rule.")
+@click.option("--store", metavar="NAME", help="Hold every record in this store.")
+@click.option("--reason", required=True, help="Why (kept in the state database).")
+@click.option("--ref", help="An external reference (case number).")
+@json_option
+@click.pass_context
+def hold_add(ctx: click.Context, subject: str | None, kind: str, rule: str | None,
+             store: str | None, reason: str, ref: str | None, json_flag: bool) -> None:
+    """Place a legal hold; prints the hold id."""
+    from retentiond.commands import cases
+
+    ctx.exit(cases.hold_add(_app(ctx, json_flag), subject, kind, rule, store, reason, ref))
+
+
+@hold_group.command("release")
+@click.argument("hold_id")
+@click.option("--reason", required=True, help="Why the hold ends.")
+@json_option
+@click.pass_context
+def hold_release(ctx: click.Context, hold_id: str, reason: str, json_flag: bool) -> None:
+    """Release a hold; its records are eligible again at the next sweep."""
+    from retentiond.commands import cases
+
+    ctx.exit(cases.hold_release(_app(ctx, json_flag), hold_id, reason))
+
+
+@hold_group.command("list")
+@click.option("--active", "active_only", is_flag=True, help="Only holds in force.")
+@json_option
+@click.pass_context
+def hold_list(ctx: click.Context, active_only: bool, json_flag: bool) -> None:
+    """List holds."""
+    from retentiond.commands import cases
+
+    ctx.exit(cases.hold_list(_app(ctx, json_flag), active_only))
+
+
+@cli.command("explain")
+@click.option("--rule", "rule_id", required=True, metavar="ID")
+@click.option("--key", required=True, metavar="KEY")
+@json_option
+@click.pass_context
+def explain_cmd(ctx: click.Context, rule_id: str, key: str, json_flag: bool) -> None:
+    """Why one record is or is not due."""
+    from retentiond.commands import explain
+
+    ctx.exit(explain.explain(_app(ctx, json_flag), rule_id, key))
+
+
 # -- db ---------------------------------------------------------------------------------------
 @cli.group("db")
 def db_group() -> None:

@@ -21,11 +21,13 @@ from typing import Any
 from sqlalchemy import delete, insert, select
 from sqlalchemy.engine import Engine
 
+from retentiond import planner
 from retentiond.adapters.base import Adapter, Selection
 from retentiond.audit import ledger
-from retentiond.errors import StoreError, StoreUnreachable
+from retentiond.errors import StoreError
 from retentiond.log import get_logger
 from retentiond.policy.model import Policy
+from retentiond.state.cases import read_holds
 from retentiond.state.models import Pending
 
 log = get_logger(__name__)
@@ -61,31 +63,47 @@ class Executor:
         self.run_id = run_id
         self.should_stop = should_stop
         self.refs = ledger.Refs(policy.secret_key.get_secret_value())
+        self.stopped = False
+        self.stopped_by_hold = False
 
     # -- sweeping -----------------------------------------------------------------------------
-    def execute(self, sel: Selection, result: RuleResult) -> bool:
-        """Dispose what the selection covers, batch by batch. Returns False if stopped early."""
+    def execute(self, sel: Selection, result: RuleResult) -> int:
+        """Dispose what the selection covers, batch by batch; return how many were disposed.
+
+        Holds are re-read before every batch: a hold placed while the sweep runs protects
+        every record not yet disposed (the batch's re-check in the store includes it)."""
         rule = sel.rule
         adapter = self.adapters[rule.store]
         ref_of = self.refs.record_fn(rule.store, rule.target)
+        done = 0
         for batch in adapter.scan(sel, self.policy.batch_size):
-            keys = [c.key for c in batch]
-            intent = self._intent(sel, [ref_of(k) for k in keys])
+            current = self.refresh(sel)
+            if current is None:
+                self.stopped_by_hold = True
+                break
+            skip = set(current.exclude_subjects)
+            keys = [c.key for c in batch if c.subject is None or str(c.subject) not in skip]
+            if not keys:
+                continue
+            intent = self._intent(current, [ref_of(k) for k in keys])
             try:
-                disposed = adapter.dispose(sel, keys)
-            except StoreUnreachable:
-                result.failed += len(keys)
-                raise
+                disposed = adapter.dispose(current, keys)
             except StoreError:
-                # The store rolled the batch back; the intent stays for reconcile to settle.
+                # The store rolled the batch back (or lost it); the intent stays behind for
+                # reconcile to settle against what the store really holds.
                 result.failed += len(keys)
                 raise
-            self._record(sel, intent, [ref_of(k) for k in disposed])
+            self._record(current, intent, [ref_of(k) for k in disposed])
+            done += len(disposed)
             result.done += len(disposed)
             log.debug("batch disposed", rule=rule.id, count=len(disposed))
             if self.should_stop():
-                return False
-        return True
+                self.stopped = True
+                break
+        return done
+
+    def refresh(self, sel: Selection) -> Selection | None:
+        return planner.reapply_holds(sel, read_holds(self.state))
 
     def _intent(self, sel: Selection, refs: Sequence[str]) -> int:
         rule = sel.rule

@@ -1,20 +1,79 @@
 """Pure decisions: which records of a rule a sweep may dispose at ``now``. No I/O.
 
-The planner turns a rule (and, from later layers, holds and requests) into adapter-neutral
-:class:`~retentiond.adapters.base.Selection` objects. Time-based disposal follows SPEC 3.2:
-a record is due when ``now >= clock + dispose_after`` and ``now >= clock + keep_for``, which
-:func:`retentiond.timeutil.due_cutoff` turns into one comparison ``clock <= cutoff``, computed on
-the wall clock of the policy's time zone.
+SPEC 3.2, for a record R of rule X, the first that applies decides:
+
+1. **Hold**: a hold on R's subject, on X, on X's store (or on another rule of the same table
+   that R matches) protects R from everything; R is counted ``held``.
+2. **Erasure request**: an open request for R's subject (same ``subject_kind``) disposes R with
+   X's ``on_erasure`` action now, ignoring ``keep_for``; ``on_erasure: keep`` (on X, or on another
+   matching rule of the same table) keeps R, counted ``kept``.
+3. **Time**: R is due when ``now >= clock + dispose_after`` and ``now >= clock + keep_for``,
+   unless another matching rule's floor still protects it; among the rules due, the earliest due
+   date wins (ties and incomparable dates: the rule listed first).
+
+:func:`plan_rule` expresses this as adapter-neutral :class:`Selection` objects (set-based, for
+SQL); :func:`decide` answers the same question for one record (for ``explain`` and the
+property tests). Both must agree.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field, replace
 from datetime import datetime
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from retentiond.adapters.base import Filter, Selection
 from retentiond.policy.model import Rule
-from retentiond.timeutil import due_cutoff, subtract
+from retentiond.timeutil import add, due_cutoff, never_longer, subtract
+
+
+# -- what the planner knows -------------------------------------------------------------------
+@dataclass(frozen=True)
+class ActiveHolds:
+    """The holds in force at one moment."""
+
+    subjects: dict[str, frozenset[str]] = field(default_factory=dict)  # kind -> subject ids
+    rules: dict[str, str] = field(default_factory=dict)  # rule id -> hold id
+    stores: dict[str, str] = field(default_factory=dict)  # store name -> hold id
+    subject_ids: dict[tuple[str, str], str] = field(default_factory=dict)  # (kind, s) -> hold
+
+    def subjects_of(self, kind: str) -> frozenset[str]:
+        return self.subjects.get(kind, frozenset())
+
+    def blanket(self, rule: Rule) -> str | None:
+        """The id of a hold covering the whole rule (on the rule or on its store), if any."""
+        return self.rules.get(rule.id) or self.stores.get(rule.store)
+
+
+@dataclass(frozen=True)
+class OpenRequest:
+    id: str
+    subject_kind: str
+    subject: str
+    subject_ref: str
+    due_at: datetime
+
+
+@dataclass(frozen=True)
+class Situation:
+    now: datetime
+    tz: ZoneInfo
+    rules: tuple[Rule, ...]
+    holds: ActiveHolds = field(default_factory=ActiveHolds)
+    requests: tuple[OpenRequest, ...] = ()
+
+    @property
+    def local_now(self) -> datetime:
+        return local(self.now, self.tz)
+
+    def request_subjects(self, rule: Rule) -> frozenset[str]:
+        if not rule.subject:
+            return frozenset()
+        return frozenset(q.subject for q in self.requests if q.subject_kind == rule.subject_kind)
+
+    def held_subjects(self, rule: Rule) -> frozenset[str]:
+        return self.holds.subjects_of(rule.subject_kind) if rule.subject else frozenset()
 
 
 def local(now: datetime, tz: ZoneInfo) -> datetime:
@@ -23,9 +82,9 @@ def local(now: datetime, tz: ZoneInfo) -> datetime:
     return now.astimezone(tz)
 
 
+# -- building blocks --------------------------------------------------------------------------
 def clock_cutoff(rule: Rule, now: datetime, tz: ZoneInfo) -> datetime | None:
-    """The latest clock value that is due by time, or None when the rule never disposes by
-    time (no ``dispose_after``)."""
+    """The latest clock value due by time, or None for a rule without ``dispose_after``."""
     if rule.dispose_after is None:
         return None
     at = local(now, tz)
@@ -35,16 +94,8 @@ def clock_cutoff(rule: Rule, now: datetime, tz: ZoneInfo) -> datetime | None:
     return cutoff
 
 
-def floor_date(rule: Rule, clock: datetime) -> datetime | None:
-    """When the floor (``keep_for``) of a record with this clock value ends."""
-    from retentiond.timeutil import add
-
-    return add(clock, rule.keep_for) if rule.keep_for is not None else None
-
-
 def resolve_filters(rule: Rule, now: datetime) -> tuple[Filter, ...]:
-    """``match`` with ``older_than``/``newer_than`` resolved against ``now`` (col <= now - d,
-    col > now - d)."""
+    """``match`` with ``older_than``/``newer_than`` resolved (col <= now - d, col > now - d)."""
     out = []
     for column, cond in rule.match.items():
         if cond.op == "older_than":
@@ -56,11 +107,218 @@ def resolve_filters(rule: Rule, now: datetime) -> tuple[Filter, ...]:
     return tuple(out)
 
 
+def overlapping(rule: Rule, rules: tuple[Rule, ...]) -> list[Rule]:
+    return [r for r in rules if r.id != rule.id and r.store == rule.store
+            and r.target == rule.target]
+
+
+def earlier_due(y: Rule, x: Rule, order: dict[str, int]) -> bool:
+    """Does rule ``y`` reach its due date before rule ``x`` for every record both match?
+    Comparable only when both use the same clock; otherwise (and on ties) the rule listed
+    first wins."""
+    if y.dispose_after is None:
+        return False
+    if x.dispose_after is None:
+        return True
+    if y.clock == x.clock:
+        y_first = never_longer(y.dispose_after, x.dispose_after)
+        x_first = never_longer(x.dispose_after, y.dispose_after)
+        if y_first != x_first:
+            return y_first
+    return order[y.id] < order[x.id]
+
+
+def _match(rule: Rule, sit: Situation, **kw: Any) -> Selection:
+    at = sit.local_now
+    return Selection(rule=rule, action="match", reason="", tz=sit.tz, now=at,
+                     clock_cutoff=None, filters=resolve_filters(rule, at), **kw)
+
+
+def _time_exclusions(rule: Rule, sit: Situation) -> tuple[Selection, ...]:
+    order = {r.id: i for i, r in enumerate(sit.rules)}
+    out: list[Selection] = []
+    for y in overlapping(rule, sit.rules):
+        if sit.holds.blanket(y):
+            out.append(_match(y, sit))
+        elif y.keep_for is not None and y.clock:
+            out.append(_match(y, sit, clock_after=due_cutoff(sit.local_now, y.keep_for)))
+        if y.dispose_after is not None and y.clock and earlier_due(y, rule, order):
+            ysel = time_selection(y, sit.now, sit.tz)
+            if ysel is not None:
+                out.append(ysel)
+    return tuple(out)
+
+
+def _erasure_exclusions(rule: Rule, sit: Situation) -> tuple[Selection, ...]:
+    return tuple(_match(y, sit) for y in overlapping(rule, sit.rules)
+                 if y.on_erasure == "keep" or sit.holds.blanket(y))
+
+
 def time_selection(rule: Rule, now: datetime, tz: ZoneInfo) -> Selection | None:
-    """What the rule disposes by time at ``now``; None for a rule without ``dispose_after``."""
+    """What the rule disposes by time, ignoring holds, requests and other rules."""
     cutoff = clock_cutoff(rule, now, tz)
     if cutoff is None:
         return None
     at = local(now, tz)
     return Selection(rule=rule, action=rule.action, reason="schedule", tz=tz, now=at,
                      clock_cutoff=cutoff, filters=resolve_filters(rule, at))
+
+
+# -- the plan of one rule ---------------------------------------------------------------------
+@dataclass(frozen=True)
+class RulePlan:
+    rule: Rule
+    hold: str | None  # a hold covering the whole rule
+    time: Selection | None  # disposes by time
+    erasures: tuple[tuple[OpenRequest, Selection], ...]  # disposes (or keeps) per request
+    held: tuple[Selection, ...]  # what holds protect, to count
+    held_requests: tuple[OpenRequest, ...]  # requests a hold blocks in this rule
+
+
+def plan_rule(rule: Rule, sit: Situation, *, time_based: bool = True) -> RulePlan:
+    base = time_selection(rule, sit.now, sit.tz) if time_based else None
+    requests = [q for q in sit.requests if rule.subject and q.subject_kind == rule.subject_kind]
+    held_subjects = sit.held_subjects(rule)
+    asked = sit.request_subjects(rule)
+    erasure_excl = _erasure_exclusions(rule, sit)
+    if base is not None:
+        base = replace(base, exclude=_time_exclusions(rule, sit))
+    blanket = sit.holds.blanket(rule)
+    erasures = tuple((q, _erasure(rule, q, sit, erasure_excl)) for q in requests)
+    if blanket:
+        held = ((replace(base, exclude_subjects=tuple(sorted(asked))),) if base else ())
+        return RulePlan(rule, blanket, None, (), held + tuple(s for _, s in erasures),
+                        tuple(requests))
+    held_list: list[Selection] = []
+    if base is not None and held_subjects - asked:
+        held_list.append(replace(base, subjects=tuple(sorted(held_subjects - asked))))
+    blocked = tuple(q for q in requests if q.subject in held_subjects)
+    held_list += [s for q, s in erasures if q in blocked]
+    time = (replace(base, exclude_subjects=tuple(sorted(held_subjects | asked)))
+            if base is not None else None)
+    return RulePlan(rule, None, time, tuple((q, s) for q, s in erasures if q not in blocked),
+                    tuple(held_list), blocked)
+
+
+def _erasure(rule: Rule, q: OpenRequest, sit: Situation,
+             exclude: tuple[Selection, ...]) -> Selection:
+    action = rule.erasure_action
+    at = sit.local_now
+    return Selection(rule=rule, action=action, reason=f"erasure:{q.id}", tz=sit.tz, now=at,
+                     clock_cutoff=None, filters=resolve_filters(rule, at), subjects=(q.subject,),
+                     subject_ref=q.subject_ref, exclude=exclude,
+                     detail={"request_id": q.id})
+
+
+def reapply_holds(sel: Selection, holds: ActiveHolds) -> Selection | None:
+    """A selection brought up to date with the holds in force now (re-read inside every batch).
+    None when a hold now covers the whole rule or the request's subject."""
+    rule = sel.rule
+    if holds.blanket(rule):
+        return None
+    held = holds.subjects_of(rule.subject_kind) if rule.subject else frozenset()
+    if sel.subjects is not None:
+        return None if set(sel.subjects) & held else sel
+    if not held - set(sel.exclude_subjects):
+        return sel
+    return replace(sel, exclude_subjects=tuple(sorted(set(sel.exclude_subjects) | held)))
+
+
+# -- one record, for explain and the property tests -------------------------------------------
+@dataclass(frozen=True)
+class Facts:
+    """One record as every rule of its table sees it. Clocks are aware datetimes (or None)."""
+
+    subject: str | None
+    clocks: dict[str, datetime | None]
+    matches: dict[str, bool]
+    marked: dict[str, bool] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    rule: str
+    outcome: str  # held, erase, kept, due, protected, superseded, not-due, no-clock,
+    #               request-only, not-matched, done
+    action: str | None = None
+    due_at: datetime | None = None
+    floor_until: datetime | None = None
+    why: str = ""
+    by: str | None = None  # the hold, request or rule responsible
+
+    @property
+    def disposes(self) -> bool:
+        return self.outcome in ("erase", "due")
+
+
+def decide(rule: Rule, facts: Facts, sit: Situation) -> Verdict:
+    """What a sweep at ``sit.now`` does to this record under ``rule`` (SPEC 3.2)."""
+    if not facts.matches.get(rule.id):
+        return Verdict(rule.id, "not-matched", why="the record does not match this rule")
+    if facts.marked.get(rule.id):
+        return Verdict(rule.id, "done", why="already anonymised (marker set)")
+    others = [y for y in overlapping(rule, sit.rules) if facts.matches.get(y.id)]
+    if verdict := _held(rule, facts, sit, others):
+        return verdict
+    if verdict := _requested(rule, facts, sit, others):
+        return verdict
+    return _by_time(rule, facts, sit, others)
+
+
+def _held(rule: Rule, facts: Facts, sit: Situation, others: list[Rule]) -> Verdict | None:
+    hold = sit.holds.blanket(rule)
+    if hold is None and rule.subject and facts.subject is not None:
+        hold = sit.holds.subject_ids.get((rule.subject_kind, facts.subject))
+    if hold is None:
+        hold = next((h for y in others if (h := sit.holds.blanket(y))), None)
+    if hold is None:
+        return None
+    return Verdict(rule.id, "held", why="a legal hold covers this record", by=hold)
+
+
+def _requested(rule: Rule, facts: Facts, sit: Situation, others: list[Rule]) -> Verdict | None:
+    if not rule.subject or facts.subject is None:
+        return None
+    q = next((q for q in sit.requests if q.subject_kind == rule.subject_kind
+              and q.subject == facts.subject), None)
+    if q is None:
+        return None
+    keeper = rule if rule.on_erasure == "keep" else next(
+        (y for y in others if y.on_erasure == "keep"), None)
+    if keeper is not None:
+        return Verdict(rule.id, "kept", why=f"legal obligation: {keeper.legal_basis}",
+                       by=keeper.id if keeper is not rule else q.id)
+    return Verdict(rule.id, "erase", action=rule.erasure_action,
+                   why="an open erasure request names this subject", by=q.id)
+
+
+def _by_time(rule: Rule, facts: Facts, sit: Situation, others: list[Rule]) -> Verdict:
+    clock = facts.clocks.get(rule.id)
+    if rule.dispose_after is None:
+        return Verdict(rule.id, "request-only", why="this rule disposes only on request")
+    if clock is None:
+        return Verdict(rule.id, "no-clock", why="the clock is empty: never due by time")
+    now = sit.local_now
+    clock = clock.astimezone(sit.tz)
+    due_at = add(clock, rule.dispose_after)
+    floor = add(clock, rule.keep_for) if rule.keep_for is not None else None
+    due_at = max(due_at, floor) if floor is not None else due_at
+    if now < due_at:
+        return Verdict(rule.id, "not-due", due_at=due_at, floor_until=floor,
+                       why="not yet due")
+    order = {r.id: i for i, r in enumerate(sit.rules)}
+    for y in others:
+        yclock = facts.clocks.get(y.id)
+        if y.keep_for is not None and yclock is not None and now < add(
+                yclock.astimezone(sit.tz), y.keep_for):
+            return Verdict(rule.id, "protected", due_at=due_at, floor_until=floor, by=y.id,
+                           why=f"rule {y.id}'s floor (keep_for {y.keep_for}) still protects it")
+    for y in others:
+        yclock = facts.clocks.get(y.id)
+        if (y.dispose_after is not None and yclock is not None and not facts.marked.get(y.id)
+                and now >= add(yclock.astimezone(sit.tz), y.dispose_after)
+                and earlier_due(y, rule, order)):
+            return Verdict(rule.id, "superseded", due_at=due_at, floor_until=floor, by=y.id,
+                           why=f"rule {y.id} is due earlier and disposes it")
+    return Verdict(rule.id, "due", action=rule.action, due_at=due_at, floor_until=floor,
+                   why="retention has ended")

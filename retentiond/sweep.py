@@ -1,7 +1,9 @@
 """One sweep: plan (read-only counts) and, unless dry, execution through the executor.
 
 ``plan`` is this module without the executor: it builds the same selections and counts them
-with the adapters' read-only methods, so a dry run can never change a store.
+with the adapters' read-only methods, so a dry run can never change a store. A real sweep
+counts first (``due``), then disposes erasure requests before time-based disposals, then
+settles the requests it served.
 """
 
 from __future__ import annotations
@@ -16,12 +18,15 @@ from typing import Any
 from sqlalchemy import insert, select, update
 
 from retentiond import planner
+from retentiond.adapters.base import Adapter, Selection
 from retentiond.app import App
 from retentiond.audit import checkpoint, ledger
 from retentiond.errors import RetentiondError, StoreUnreachable, UsageError
 from retentiond.executor import Executor, RuleResult
 from retentiond.log import get_logger
 from retentiond.policy.model import Rule
+from retentiond.requests import RequestTracker
+from retentiond.state.cases import open_requests, read_holds
 from retentiond.state.models import Pending, Run
 
 log = get_logger(__name__)
@@ -64,8 +69,10 @@ def choose_rules(app: App, rule_ids: Sequence[str]) -> list[Rule]:
 
 
 def sweep(app: App, *, dry_run: bool, rule_ids: Sequence[str] = (),
-          as_of: datetime | None = None, should_stop: Callable[[], bool] = lambda: False
-          ) -> SweepReport:
+          as_of: datetime | None = None, should_stop: Callable[[], bool] = lambda: False,
+          time_based: bool = True) -> SweepReport:
+    """One sweep. ``time_based=False`` serves only open erasure requests (the daemon's
+    frequent request pass)."""
     policy = app.policy
     rules = choose_rules(app, rule_ids)
     if as_of is not None and not dry_run:
@@ -82,52 +89,88 @@ def sweep(app: App, *, dry_run: bool, rule_ids: Sequence[str] = (),
         executor = Executor(policy, state, {}, report.run_id, should_stop)
         _record_policy_change(app, report.run_id)
         _reconcile(app, executor)
+    sit = planner.Situation(now, policy.tz, policy.rules, read_holds(state),
+                            tuple(open_requests(state)))
+    tracker = RequestTracker(sit.requests, policy.rules)
     for rule in rules:
         result = RuleResult(rule.id, rule.store, rule.target, rule.action)
         report.rules.append(result)
         try:
-            _sweep_rule(app, rule, now, result, executor)
+            _sweep_rule(app, planner.plan_rule(rule, sit, time_based=time_based), result,
+                        executor, tracker)
         except StoreUnreachable as exc:
             report.unreachable = True
-            _rule_failed(result, exc)
+            _rule_failed(result, exc, tracker, rule)
         except RetentiondError as exc:
-            _rule_failed(result, exc)
+            _rule_failed(result, exc, tracker, rule)
         log.info("rule swept", run_id=report.run_id, rule=rule.id, store=rule.store,
                  action=rule.action, dry_run=dry_run, due=result.due, held=result.held,
                  kept=result.kept, done=result.done, failed=result.failed,
                  null_clock=result.null_clock, **({"error": result.error} if result.error else {}))
-        if executor is not None and should_stop():
+        if executor is not None and executor.stopped:
             report.stopped = True
             break
+    if executor is not None and not rule_ids and not report.stopped:
+        tracker.settle(state, report.run_id)
+    report.requests = tracker.as_json(now)
     _finish(app, report)
     return report
 
 
-def _sweep_rule(app: App, rule: Rule, now: datetime, result: RuleResult,
-                executor: Executor | None) -> None:
+def _sweep_rule(app: App, plan: planner.RulePlan, result: RuleResult,
+                executor: Executor | None, tracker: RequestTracker) -> None:
+    rule = plan.rule
     adapter = app.adapter(rule.store)
-    result.null_clock = adapter.count_null_clock(rule)
-    sel = planner.time_selection(rule, now, app.policy.tz)
-    if sel is None:
-        return
-    result.due = adapter.count(sel)
+    result.null_clock = adapter.count_null_clock(rule) if plan.time or plan.hold else 0
+    result.held = sum(adapter.count(s) for s in plan.held)
+    for q in plan.held_requests:
+        tracker.blocked(q, rule)
+    planned: list[tuple[planner.OpenRequest | None, Selection, int]] = []
+    for q, sel in plan.erasures:
+        n = adapter.count(sel)
+        if sel.action == "keep":
+            result.kept += n
+            tracker.kept(q, rule, n)
+        else:
+            planned.append((q, sel, n))
+    if plan.time is not None:
+        planned.append((None, plan.time, adapter.count(plan.time)))
+    result.due = sum(n for _, _, n in planned)
     if executor is None:
+        return
+    _execute(adapter, planned, result, executor, tracker)
+
+
+def _execute(adapter: Adapter, planned: list[tuple[planner.OpenRequest | None, Selection, int]],
+             result: RuleResult, executor: Executor, tracker: RequestTracker) -> None:
+    rule = planned[0][1].rule if planned else None
+    if rule is None:
         return
     executor.adapters[rule.store] = adapter
     try:
-        executor.execute(sel, result)
+        for q, sel, n in planned:
+            executor.stopped_by_hold = False
+            done = executor.execute(sel, result)
+            if executor.stopped_by_hold:
+                result.held += max(n - done, 0)
+                if q is not None:
+                    tracker.blocked(q, rule)
+            if q is not None:
+                tracker.disposed(q, rule, done)
+            if executor.stopped:
+                break
     finally:
-        if result.failed == 0:
-            result.due = result.done
-        else:
+        if result.failed:
             result.failed = max(result.failed, result.due - result.done)
-            result.due = result.done + result.failed
+        result.due = result.done + result.failed
 
 
-def _rule_failed(result: RuleResult, exc: RetentiondError) -> None:
+def _rule_failed(result: RuleResult, exc: RetentiondError, tracker: RequestTracker,
+                 rule: Rule) -> None:
     result.error = str(exc)
     if result.failed == 0 and result.due > result.done:
         result.failed = result.due - result.done
+    tracker.failed(rule)
 
 
 def _reconcile(app: App, executor: Executor) -> None:

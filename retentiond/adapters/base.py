@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from zoneinfo import ZoneInfo
 
 if TYPE_CHECKING:
+    from retentiond.planner import Facts
     from retentiond.policy.model import Policy, Rule, Store
 
 Problem = tuple[str, str]
@@ -55,8 +56,13 @@ class Selection:
 
     * ``clock_cutoff`` is set and its clock is at or before it (time-based disposal), or it is
       None and ``subjects`` names its subject (erasure);
-    * its subject is not in ``exclude_subjects`` (holds);
+    * its clock is after ``clock_after`` when that is set (used for floors);
+    * its subject is not in ``exclude_subjects`` (holds, subjects of open requests);
+    * it is covered by none of the ``exclude`` selections (other rules' floors, holds and
+      earlier due dates on the same table);
     * it is not already disposed (for anonymize, the marker column is NULL).
+
+    ``action`` ``"match"`` selects by the rule's match, where and clock bounds only (no marker).
     """
 
     rule: Rule
@@ -68,6 +74,8 @@ class Selection:
     filters: tuple[Filter, ...] = ()
     subjects: tuple[str, ...] | None = None
     exclude_subjects: tuple[str, ...] = ()
+    clock_after: datetime | None = None
+    exclude: tuple[Selection, ...] = ()
     subject_ref: str | None = None
     detail: dict[str, Any] = field(default_factory=dict)
 
@@ -134,6 +142,13 @@ class Adapter(abc.ABC):
     def remaining(self, rule: Rule, action: str, refs: set[str],
                   ref_of: Callable[[Any], str]) -> set[str]:
         """The subset of ``refs`` whose records are still present and not disposed."""
+
+    def facts(self, rules: Sequence[Rule], key: Any) -> Facts | None:
+        """One record as each of ``rules`` (all on one target) sees it, for ``explain``;
+        None when there is no such record."""
+        from retentiond.errors import StoreError
+
+        raise StoreError(f"adapter {self.name!r} cannot explain single records")
 
     # -- mutators (executor only) -------------------------------------------------------------
     @abc.abstractmethod

@@ -29,6 +29,7 @@ from retentiond.log import get_logger, redact_url
 from retentiond.state.db import make_engine
 
 if TYPE_CHECKING:
+    from retentiond.planner import Facts
     from retentiond.policy.model import Policy, Rule, Store
 
 log = get_logger(__name__)
@@ -176,6 +177,9 @@ class SqlAdapter(Adapter):
         if sel.clock_cutoff is not None:
             clock = table.c[str(rule.clock)]
             parts.append(clock <= _bound(clock, sel.clock_cutoff))
+        if sel.clock_after is not None:
+            clock = table.c[str(rule.clock)]
+            parts.append(clock > _bound(clock, sel.clock_after))
         parts += [_filter(table.c[f.column], f) for f in sel.filters]
         if rule.where:
             parts.append(_where(rule.where))
@@ -189,6 +193,9 @@ class SqlAdapter(Adapter):
                     parts.append(sa.or_(subject.is_(None), subject.not_in(held)))
         if sel.action == "anonymize" and rule.anonymize:
             parts.append(table.c[rule.anonymize.marker].is_(None))
+        for other in sel.exclude:
+            # CASE keeps NULL comparisons (a NULL clock) from turning NOT into "unknown".
+            parts.append(sa.case((self.predicate(other, table), 1), else_=0) == 0)
         return sa.and_(sa.true(), *parts)
 
     def _match_only(self, rule: Rule, table: sa.Table, now: datetime) -> list[Any]:
@@ -256,6 +263,37 @@ class SqlAdapter(Adapter):
                 return found
             last = keys[-1]
 
+    def facts(self, rules: Sequence[Rule], key: Any) -> Facts | None:
+        from retentiond.planner import Facts
+
+        first = rules[0]
+        table = self.table(first)
+        keycol = table.c[str(first.key)]
+        now = datetime.now(UTC).astimezone(self.policy.tz)
+        cols: list[Any] = [table.c[first.subject] if first.subject else sa.null()]
+        for rule in rules:
+            cols.append(table.c[rule.clock] if rule.clock else sa.null())
+            cols.append(sa.case((sa.and_(sa.true(), *self._match_only(rule, table, now)), 1),
+                                else_=0))
+            marker = rule.anonymize.marker if rule.anonymize and rule.action == "anonymize" else None
+            cols.append(table.c[marker].is_not(None) if marker else sa.false())
+        value = _coerce(keycol, [key])
+        if not value:
+            return None
+        with self._errors(f"reading {table.name}"), self.engine.connect() as conn:
+            row = conn.execute(sa.select(*cols).where(keycol == value[0])).first()
+        if row is None:
+            return None
+        clocks, matches, marked = {}, {}, {}
+        for i, rule in enumerate(rules):
+            raw = row[1 + 3 * i]
+            clocks[rule.id] = _as_instant(raw, table.c[rule.clock] if rule.clock else None,
+                                          self.policy.tz)
+            matches[rule.id] = bool(row[2 + 3 * i])
+            marked[rule.id] = bool(row[3 + 3 * i])
+        subject = None if row[0] is None else str(row[0])
+        return Facts(subject=subject, clocks=clocks, matches=matches, marked=marked)
+
     # -- mutators -----------------------------------------------------------------------------
     def delete(self, selection: Selection, keys: Sequence[Any]) -> list[Any]:
         if not keys:
@@ -297,6 +335,20 @@ def _bound(column: sa.Column[Any], at: datetime) -> Any:
     if isinstance(t, sa.Integer):
         return int(at.timestamp() // 1)
     return at.replace(tzinfo=None).isoformat(sep=" ")
+
+
+def _as_instant(raw: Any, column: sa.Column[Any] | None, tz: Any) -> datetime | None:
+    """A clock value read from the store as an aware datetime (the inverse of _bound)."""
+    if raw is None or column is None:
+        return None
+    if isinstance(raw, datetime):
+        return raw.replace(tzinfo=tz) if raw.tzinfo is None else raw
+    if isinstance(raw, int | float) and not isinstance(raw, bool):
+        return datetime.fromtimestamp(raw, UTC)
+    if hasattr(raw, "isoformat") and not isinstance(raw, str):
+        return datetime.combine(raw, datetime.min.time(), tzinfo=tz)
+    value = datetime.fromisoformat(str(raw))
+    return value.replace(tzinfo=tz) if value.tzinfo is None else value
 
 
 def _filter(column: sa.Column[Any], f: Filter) -> sa.ColumnElement[bool]:

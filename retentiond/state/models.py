@@ -112,3 +112,44 @@ class Pending(Base):
     subject_ref: Mapped[str | None] = mapped_column(String(64), nullable=True)
     record_refs: Mapped[str] = mapped_column(Text)
     detail: Mapped[str] = mapped_column(Text)
+
+
+class Request(Base):
+    """An erasure request. The raw subject id is kept only while the request is open (the sweep
+    needs it to find the records) and cleared once it is done or partial."""
+
+    __tablename__ = "requests"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    subject_kind: Mapped[str] = mapped_column(String(64))
+    subject: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    subject_ref: Mapped[str] = mapped_column(String(64))
+    ref: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    due_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    status: Mapped[str] = mapped_column(String(16))  # open, done, partial
+    completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    outcome: Mapped[str] = mapped_column(Text, default="{}")  # JSON: per rule counts and basis
+
+    __table_args__ = (Index("ix_requests_status", "status"),)
+
+
+class Hold(Base):
+    """A legal hold on a subject, a rule or a store. Holds are never deleted, only released."""
+
+    __tablename__ = "holds"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    scope: Mapped[str] = mapped_column(String(16))  # subject, rule, store
+    subject_kind: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    subject: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    subject_ref: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    rule: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    store: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    reason: Mapped[str] = mapped_column(Text)
+    ref: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    released_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    release_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+    __table_args__ = (Index("ix_holds_released_at", "released_at"),)

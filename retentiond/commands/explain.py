@@ -1,0 +1,96 @@
+"""``explain --rule ID --key KEY``: why one record is or is not due, rule by rule."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from retentiond import output, planner
+from retentiond.app import App
+from retentiond.audit.ledger import Refs
+from retentiond.errors import UsageError
+from retentiond.state.cases import open_requests, read_holds
+
+_RANK = {"held": 0, "kept": 1, "erase": 1, "due": 2}
+
+
+def explain(app: App, rule_id: str, key: str) -> int:
+    policy = app.policy
+    try:
+        rule = policy.rule(rule_id)
+    except KeyError:
+        raise UsageError(f"--rule {rule_id}: no such rule") from None
+    rules = [rule, *planner.overlapping(rule, policy.rules)]
+    facts = app.adapter(rule.store).facts(rules, key)
+    if facts is None:
+        raise UsageError(f"--key {key}: no record with {rule.key} = {key} in "
+                         f"{rule.store}.{rule.target}")
+    state = app.state
+    sit = planner.Situation(datetime.now(UTC), policy.tz, policy.rules, read_holds(state),
+                            tuple(open_requests(state)))
+    verdicts = [planner.decide(r, facts, sit) for r in rules]
+    doc = _document(app, rule, key, facts, sit, verdicts)
+    if app.json:
+        output.emit_json(doc)
+    else:
+        _print(doc)
+    return 0
+
+
+def _winner(verdicts: list[planner.Verdict]) -> planner.Verdict | None:
+    ranked = [v for v in verdicts if v.outcome in _RANK]
+    return min(ranked, key=lambda v: _RANK[v.outcome]) if ranked else None
+
+
+def _document(app: App, rule: Any, key: str, facts: planner.Facts, sit: planner.Situation,
+              verdicts: list[planner.Verdict]) -> dict[str, Any]:
+    refs = Refs(app.policy.secret_key.get_secret_value())
+    subject_ref = (refs.subject(rule.subject_kind, facts.subject)
+                   if facts.subject is not None else None)
+    win = _winner(verdicts)
+    decision = win.outcome if win else "nothing"
+    if win is not None and win.outcome == "due":
+        decision = "dispose"
+    holds = [h for h in (sit.holds.blanket(r) for r in app.policy.rules
+                         if r.store == rule.store and r.target == rule.target) if h]
+    if facts.subject is not None and (h := sit.holds.subject_ids.get(
+            (rule.subject_kind, facts.subject))):
+        holds.append(h)
+    return {
+        "rule": rule.id, "store": rule.store, "target": rule.target, "key": key,
+        "record_ref": refs.record(rule.store, rule.target, key), "subject_ref": subject_ref,
+        "as_of": sit.now.isoformat(),
+        "clock": _iso(facts.clocks.get(rule.id)),
+        "floor_until": _iso(next((v.floor_until for v in verdicts if v.rule == rule.id), None)),
+        "due_at": _iso(next((v.due_at for v in verdicts if v.rule == rule.id), None)),
+        "matching_rules": [r for r, ok in facts.matches.items() if ok],
+        "holds": sorted(set(holds)),
+        "requests": [q.id for q in sit.requests if facts.subject is not None
+                     and q.subject == facts.subject and q.subject_kind == rule.subject_kind],
+        "decision": decision,
+        "action": win.action if win else None,
+        "winner": win.rule if win else None,
+        "why": win.why if win else "no rule disposes this record now",
+        "rules": [{"rule": v.rule, "outcome": v.outcome, "action": v.action,
+                   "due_at": _iso(v.due_at), "floor_until": _iso(v.floor_until), "why": v.why,
+                   "by": v.by} for v in verdicts],
+    }
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def _print(doc: dict[str, Any]) -> None:
+    output.line(f"[bold]{doc['store']}.{doc['target']} {doc['key']}[/bold] under rule "
+                f"{doc['rule']}, as of {doc['as_of'][:19]}")
+    output.line(f"  clock: {doc['clock'] or 'empty'}   floor until: "
+                f"{doc['floor_until'] or '-'}   due at: {doc['due_at'] or '-'}")
+    output.line(f"  matching rules: {', '.join(doc['matching_rules']) or 'none'}")
+    output.line(f"  holds: {', '.join(doc['holds']) or 'none'}   open requests: "
+                f"{', '.join(doc['requests']) or 'none'}")
+    verdict = doc["decision"] + (f" ({doc['action']})" if doc["action"] else "")
+    output.line(f"  decision: [bold]{verdict}[/bold]"
+                + (f" by rule {doc['winner']}" if doc["winner"] else "") + f": {doc['why']}")
+    output.table("Rules", ("rule", "outcome", "due at", "why"), [
+        (v["rule"], v["outcome"], (v["due_at"] or "-")[:19], v["why"]) for v in doc["rules"]])

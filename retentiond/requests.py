@@ -1,0 +1,68 @@
+"""What a sweep did for each open erasure request, and settling them afterwards.
+
+A request is ``done`` once a sweep has applied it to every rule of its subject kind, ``partial``
+when some records were kept by a legal obligation (the outcome names the rules, counts and
+legal basis), and stays ``open`` while a hold blocks it or a rule failed.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.engine import Engine
+
+from retentiond.planner import OpenRequest
+from retentiond.policy.model import Rule
+from retentiond.state import cases
+
+
+class RequestTracker:
+    def __init__(self, requests: tuple[OpenRequest, ...], rules: tuple[Rule, ...]) -> None:
+        self.requests = requests
+        self.rules = rules
+        self.outcome: dict[str, dict[str, dict[str, Any]]] = {q.id: {} for q in requests}
+        self.blocked_ids: set[str] = set()
+        self.failed_ids: set[str] = set()
+        self.status: dict[str, str] = {}
+
+    def _entry(self, q: OpenRequest, rule: Rule) -> dict[str, Any]:
+        return self.outcome[q.id].setdefault(rule.id, {"disposed": 0, "kept": 0})
+
+    def disposed(self, q: OpenRequest, rule: Rule, n: int) -> None:
+        self._entry(q, rule)["disposed"] += n
+
+    def kept(self, q: OpenRequest, rule: Rule, n: int) -> None:
+        entry = self._entry(q, rule)
+        entry["kept"] += n
+        entry["legal_basis"] = rule.legal_basis
+
+    def blocked(self, q: OpenRequest, rule: Rule) -> None:
+        self._entry(q, rule)["held"] = True
+        self.blocked_ids.add(q.id)
+
+    def failed(self, rule: Rule) -> None:
+        for q in self.requests:
+            if rule.subject and q.subject_kind == rule.subject_kind:
+                self._entry(q, rule)["failed"] = True
+                self.failed_ids.add(q.id)
+
+    def settle(self, state: Engine, run_id: str) -> None:
+        """After a real sweep over every rule: close what is complete, note progress."""
+        for q in self.requests:
+            outcome = self.outcome[q.id]
+            if q.id in self.blocked_ids or q.id in self.failed_ids:
+                cases.record_progress(state, q.id, outcome)
+                continue
+            kept = any(v.get("kept") for v in outcome.values())
+            status = "partial" if kept else "done"
+            cases.complete_request(state, q, status, outcome, run_id)
+            self.status[q.id] = status
+
+    def as_json(self, now: datetime) -> list[dict[str, Any]]:
+        out = []
+        for q in self.requests:
+            status = self.status.get(q.id) or ("overdue" if q.due_at <= now else "open")
+            out.append({"id": q.id, "subject_kind": q.subject_kind, "status": status,
+                        "due_at": q.due_at.isoformat()})
+        return out
