@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -26,9 +26,10 @@ from retentiond.adapters.base import Adapter, Selection
 from retentiond.audit import ledger
 from retentiond.errors import StoreError
 from retentiond.log import get_logger
-from retentiond.policy.model import Policy
+from retentiond.policy.model import Policy, Rule
 from retentiond.state.cases import read_holds
 from retentiond.state.models import Pending
+from retentiond.timeutil import Duration, add
 
 log = get_logger(__name__)
 pending_t = Pending.__table__
@@ -46,12 +47,23 @@ class RuleResult:
     done: int = 0
     failed: int = 0
     null_clock: int = 0
+    purged: int = 0
+    strategies: dict[str, str] | None = None
     error: str | None = None
 
     def as_json(self) -> dict[str, Any]:
-        return {"rule": self.rule, "store": self.store, "target": self.target,
-                "action": self.action, "due": self.due, "held": self.held, "kept": self.kept,
-                "done": self.done, "failed": self.failed, "null_clock": self.null_clock}
+        doc = {"rule": self.rule, "store": self.store, "target": self.target,
+               "action": self.action, "due": self.due, "held": self.held, "kept": self.kept,
+               "done": self.done, "failed": self.failed, "null_clock": self.null_clock,
+               "purged": self.purged}
+        if self.strategies:
+            doc["strategies"] = self.strategies
+        return doc
+
+
+def kind_of(reason: str) -> str:
+    """The ledger kind of a disposal: ``purge``, ``replay`` or ``dispose``."""
+    return reason if reason in ("purge", "replay") else "dispose"
 
 
 class Executor:
@@ -72,9 +84,8 @@ class Executor:
 
         Holds are re-read before every batch: a hold placed while the sweep runs protects
         every record not yet disposed (the batch's re-check in the store includes it)."""
-        rule = sel.rule
-        adapter = self.adapters[rule.store]
-        ref_of = self.refs.record_fn(rule.store, rule.target)
+        sel = self._prepare(sel)
+        adapter = self.adapters[sel.rule.store]
         done = 0
         for batch in adapter.scan(sel, self.policy.batch_size):
             current = self.refresh(sel)
@@ -83,24 +94,72 @@ class Executor:
                 break
             skip = set(current.exclude_subjects)
             keys = [c.key for c in batch if c.subject is None or str(c.subject) not in skip]
-            if not keys:
-                continue
-            intent = self._intent(current, [ref_of(k) for k in keys])
-            try:
-                disposed = adapter.dispose(current, keys)
-            except StoreError:
-                # The store rolled the batch back (or lost it); the intent stays behind for
-                # reconcile to settle against what the store really holds.
-                result.failed += len(keys)
-                raise
-            self._record(current, intent, [ref_of(k) for k in disposed])
-            done += len(disposed)
-            result.done += len(disposed)
-            log.debug("batch disposed", rule=rule.id, count=len(disposed))
+            done += self._batch(current, keys, result)
             if self.should_stop():
                 self.stopped = True
                 break
         return done
+
+    def apply(self, sel: Selection, keys: Sequence[Any], result: RuleResult) -> int:
+        """Dispose exactly these keys (replay after a restore), in batches."""
+        sel = self._prepare(sel)
+        done = 0
+        size = self.policy.batch_size
+        for i in range(0, len(keys), size):
+            current = self.refresh(sel)
+            if current is None:
+                self.stopped_by_hold = True
+                break
+            done += self._batch(current, keys[i:i + size], result)
+        return done
+
+    def purge(self, rule: Rule, now: datetime, result: RuleResult) -> int:
+        """Purge the rule's isolated records whose time has come (SPEC 4, audited as purge)."""
+        adapter = self.adapters[rule.store]
+        sel = Selection(rule=rule, action="purge", reason="purge", tz=self.policy.tz,
+                        now=now.astimezone(self.policy.tz), clock_cutoff=None)
+        done = 0
+        for batch in adapter.scan_isolated(rule, now, self.policy.batch_size):
+            done += self._batch(sel, [c.key for c in batch], result, count=False)
+            if self.should_stop():
+                self.stopped = True
+                break
+        result.purged += done
+        return done
+
+    def _prepare(self, sel: Selection) -> Selection:
+        if sel.action == "isolate" and sel.purge_after is None:
+            return replace(sel, purge_after=add(sel.now, self._isolate_for(sel.rule)))
+        return sel
+
+    def _isolate_for(self, rule: Rule) -> Duration:
+        if rule.isolate is not None and rule.isolate.for_ is not None:
+            return rule.isolate.for_
+        backups = self.policy.stores[rule.store].backups
+        if backups is None:
+            raise StoreError(f"rule {rule.id}: isolate needs isolate.for or backups.retention")
+        return backups.retention
+
+    def _batch(self, sel: Selection, keys: Sequence[Any], result: RuleResult,
+               *, count: bool = True) -> int:
+        if not keys:
+            return 0
+        rule = sel.rule
+        ref_of = self.refs.record_fn(rule.store, rule.target)
+        intent = self._intent(sel, [ref_of(k) for k in keys])
+        try:
+            disposed = self.adapters[rule.store].dispose(sel, keys)
+        except StoreError:
+            # The store rolled the batch back (or lost it); the intent stays behind for
+            # reconcile to settle against what the store really holds.
+            if count:
+                result.failed += len(keys)
+            raise
+        self._record(sel, intent, [ref_of(k) for k in disposed])
+        if count:
+            result.done += len(disposed)
+        log.debug("batch disposed", rule=rule.id, action=sel.action, count=len(disposed))
+        return len(disposed)
 
     def refresh(self, sel: Selection) -> Selection | None:
         return planner.reapply_holds(sel, read_holds(self.state))
@@ -115,12 +174,27 @@ class Executor:
                 detail=json.dumps(sel.detail)))
             return int(res.inserted_primary_key[0])
 
+    def horizon(self, store: str, action: str, purge_after: datetime | None,
+                at: datetime) -> str | None:
+        """``beyond_use_until``: when no copy of a disposed record remains in any backup."""
+        backups = self.policy.stores[store].backups if store in self.policy.stores else None
+        if backups is None:
+            return None
+        base = purge_after if action == "isolate" and purge_after is not None else at
+        return add(base.astimezone(UTC), backups.retention).isoformat()
+
     def _record(self, sel: Selection, intent: int, refs: list[str]) -> None:
         rule = sel.rule
-        draft = ledger.Draft(kind="dispose", run_id=self.run_id, rule=rule.id, store=rule.store,
-                             target=rule.target, action=sel.action, reason=sel.reason,
-                             record_refs=refs, subject_ref=sel.subject_ref,
-                             detail={**sel.detail, "count": len(refs)})
+        detail = {**sel.detail, "count": len(refs)}
+        if sel.purge_after is not None:
+            detail["purge_after"] = sel.purge_after.astimezone(UTC).isoformat()
+        horizon = self.horizon(rule.store, sel.action, sel.purge_after, datetime.now(UTC))
+        if horizon:
+            detail["beyond_use_until"] = horizon
+        draft = ledger.Draft(kind=kind_of(sel.reason), run_id=self.run_id, rule=rule.id,
+                             store=rule.store, target=rule.target, action=sel.action,
+                             reason=sel.reason, record_refs=refs, subject_ref=sel.subject_ref,
+                             detail=detail)
         with self.state.begin() as conn:
             if refs:
                 ledger.append(conn, [draft])
@@ -142,7 +216,7 @@ class Executor:
             present = adapter.remaining(rule, row.action, set(refs),
                                         self.refs.record_fn(row.store, row.target))
             gone = [r for r in refs if r not in present]
-            draft = ledger.Draft(kind="dispose", run_id=row.run_id, rule=row.rule,
+            draft = ledger.Draft(kind=kind_of(row.reason), run_id=row.run_id, rule=row.rule,
                                  store=row.store, target=row.target, action=row.action,
                                  reason=row.reason, record_refs=gone, subject_ref=row.subject_ref,
                                  detail={**json.loads(row.detail), "count": len(gone),

@@ -93,7 +93,8 @@ def sweep(app: App, *, dry_run: bool, rule_ids: Sequence[str] = (),
                             tuple(open_requests(state)))
     tracker = RequestTracker(sit.requests, policy.rules)
     for rule in rules:
-        result = RuleResult(rule.id, rule.store, rule.target, rule.action)
+        result = RuleResult(rule.id, rule.store, rule.target, rule.action,
+                            strategies=_strategies(rule))
         report.rules.append(result)
         try:
             _sweep_rule(app, planner.plan_rule(rule, sit, time_based=time_based), result,
@@ -106,7 +107,8 @@ def sweep(app: App, *, dry_run: bool, rule_ids: Sequence[str] = (),
         log.info("rule swept", run_id=report.run_id, rule=rule.id, store=rule.store,
                  action=rule.action, dry_run=dry_run, due=result.due, held=result.held,
                  kept=result.kept, done=result.done, failed=result.failed,
-                 null_clock=result.null_clock, **({"error": result.error} if result.error else {}))
+                 null_clock=result.null_clock, purged=result.purged,
+                 **({"error": result.error} if result.error else {}))
         if executor is not None and executor.stopped:
             report.stopped = True
             break
@@ -136,9 +138,19 @@ def _sweep_rule(app: App, plan: planner.RulePlan, result: RuleResult,
     if plan.time is not None:
         planned.append((None, plan.time, adapter.count(plan.time)))
     result.due = sum(n for _, _, n in planned)
+    isolates = "isolate" in (rule.action, rule.on_erasure) and plan.hold is None
     if executor is None:
+        if isolates:
+            result.purged = sum(len(b) for b in adapter.scan_isolated(
+                rule, planned[0][1].now if planned else _now(), app.policy.batch_size))
         return
     _execute(adapter, planned, result, executor, tracker)
+    if isolates and not executor.stopped:
+        executor.purge(rule, _now(), result)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
 
 
 def _execute(adapter: Adapter, planned: list[tuple[planner.OpenRequest | None, Selection, int]],
@@ -163,6 +175,12 @@ def _execute(adapter: Adapter, planned: list[tuple[planner.OpenRequest | None, S
         if result.failed:
             result.failed = max(result.failed, result.due - result.done)
         result.due = result.done + result.failed
+
+
+def _strategies(rule: Rule) -> dict[str, str] | None:
+    if rule.anonymize is None or "anonymize" not in (rule.action, rule.on_erasure):
+        return None
+    return {column: s.strategy for column, s in rule.anonymize.columns.items()}
 
 
 def _rule_failed(result: RuleResult, exc: RetentiondError, tracker: RequestTracker,

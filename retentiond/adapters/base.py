@@ -76,6 +76,8 @@ class Selection:
     exclude_subjects: tuple[str, ...] = ()
     clock_after: datetime | None = None
     exclude: tuple[Selection, ...] = ()
+    purge_after: datetime | None = None  # isolate: when the isolated copy is purged
+    unconditional: bool = False  # replay: dispose the given keys whatever the rule's filters
     subject_ref: str | None = None
     detail: dict[str, Any] = field(default_factory=dict)
 
@@ -165,9 +167,27 @@ class Adapter(abc.ABC):
 
         raise StoreError(f"adapter {self.name!r} cannot isolate")
 
+    def scan_isolated(self, rule: Rule, now: datetime, batch_size: int
+                      ) -> Iterator[list[Candidate]]:
+        """Isolated records of ``rule`` whose purge time has come (read-only)."""
+        return iter(())
+
+    def purge_isolated(self, rule: Rule, now: datetime, keys: Sequence[Any]) -> list[Any]:
+        """Delete these isolated records for good; return the keys purged."""
+        from retentiond.errors import StoreError
+
+        raise StoreError(f"adapter {self.name!r} cannot purge isolated records")
+
+    def present(self, rule: Rule, action: str, refs: set[str],
+                ref_of: Callable[[Any], str]) -> list[Any]:
+        """Keys of records named by ``refs`` that are present and not disposed (for replay
+        after a backup restore). Defaults to nothing found."""
+        return []
+
     def dispose(self, selection: Selection, keys: Sequence[Any]) -> list[Any]:
         """Dispatch to the mutator for ``selection.action``."""
         mutators: dict[str, Callable[[Selection, Sequence[Any]], list[Any]]] = {
             "delete": self.delete, "anonymize": self.anonymize, "isolate": self.isolate,
+            "purge": lambda sel, keys: self.purge_isolated(sel.rule, sel.now, keys),
         }
         return mutators[selection.action](selection, keys)

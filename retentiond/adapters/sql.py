@@ -14,16 +14,26 @@ the form SQLAlchemy and most applications write on SQLite) or integer Unix epoch
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, NoSuchTableError, OperationalError
 
-from retentiond.adapters.base import Adapter, Candidate, Filter, Problem, Selection
+from retentiond.adapters.base import Adapter, Candidate, Problem, Selection
+from retentiond.adapters.sql_actions import SqlActions, isolated_name
+from retentiond.adapters.sqlexpr import (
+    as_instant,
+    bound,
+    coerce,
+    delete_returning,
+    filter_expr,
+    is_disconnect,
+    where_text,
+)
 from retentiond.errors import StoreError, StoreUnreachable
 from retentiond.log import get_logger, redact_url
 from retentiond.state.db import make_engine
@@ -36,14 +46,15 @@ log = get_logger(__name__)
 _TIME_TYPES = (sa.DateTime, sa.Date, sa.String, sa.Integer)
 
 
-class SqlAdapter(Adapter):
+class SqlAdapter(SqlActions, Adapter):
     name: ClassVar[str] = "sql"
-    actions: ClassVar[frozenset[str]] = frozenset({"delete"})
+    actions: ClassVar[frozenset[str]] = frozenset({"delete", "anonymize", "isolate"})
 
     def __init__(self, store_name: str, store: Store, policy: Policy) -> None:
         super().__init__(store_name, store, policy)
         self._engine: Engine | None = None
         self._tables: dict[str, sa.Table] = {}
+        self._iso_tables: dict[str, sa.Table] = {}
 
     # -- static checks ------------------------------------------------------------------------
     @classmethod
@@ -60,6 +71,15 @@ class SqlAdapter(Adapter):
             problems.append(("key", "required for the sql adapter (the primary key column)"))
         if rule.dispose_after is not None and not rule.clock:
             problems.append(("clock", "required when dispose_after is set"))
+        if "isolate" in (rule.action, rule.on_erasure) and not (
+                (rule.isolate and rule.isolate.for_) or store.backups):
+            problems.append(("isolate", "isolate needs isolate.for, or backups.retention on "
+                             f"store {rule.store!r}, to know when to purge"))
+        isolated = {isolated_name(r) for r in policy.rules if r.store == rule.store
+                    and "isolate" in (r.action, r.on_erasure)}
+        if rule.table in isolated:
+            problems.append(("table", f"{rule.table} holds isolated records; no rule may "
+                             "read it"))
         return problems
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -89,6 +109,7 @@ class SqlAdapter(Adapter):
             self._engine.dispose()
             self._engine = None
         self._tables.clear()
+        self._iso_tables.clear()
 
     @contextmanager
     def _errors(self, doing: str) -> Iterator[None]:
@@ -96,7 +117,7 @@ class SqlAdapter(Adapter):
         try:
             yield
         except OperationalError as exc:
-            if exc.connection_invalidated or _is_disconnect(exc):
+            if exc.connection_invalidated or is_disconnect(exc):
                 raise StoreUnreachable(f"store {self.store_name}: connection lost while "
                                        f"{doing}") from None
             raise StoreError(f"store {self.store_name}: {type(exc.orig).__name__} while "
@@ -143,7 +164,7 @@ class SqlAdapter(Adapter):
                 problems.append((f"match.{column}", f"{cond.op} needs a timestamp or date "
                                  f"column; {table.name}.{column} is {table.c[column].type}"))
         if rule.where:
-            problems += self._check_where(table, rule.where)
+            problems += self._checkwhere_text(table, rule.where)
         return problems
 
     def _check_key(self, table: sa.Table, key: str) -> list[Problem]:
@@ -159,8 +180,8 @@ class SqlAdapter(Adapter):
         return [("key", f"column {table.name}.{key} is neither the primary key nor unique; "
                  "name the table's primary key column")]
 
-    def _check_where(self, table: sa.Table, where: str) -> list[Problem]:
-        probe = sa.select(sa.literal(1)).select_from(table).where(_where(where)).limit(1)
+    def _checkwhere_text(self, table: sa.Table, where: str) -> list[Problem]:
+        probe = sa.select(sa.literal(1)).select_from(table).where(where_text(where)).limit(1)
         try:
             with self.engine.connect() as conn:
                 conn.execute(probe)
@@ -174,21 +195,29 @@ class SqlAdapter(Adapter):
     def predicate(self, sel: Selection, table: sa.Table) -> sa.ColumnElement[bool]:
         rule = sel.rule
         parts: list[sa.ColumnElement[bool]] = []
+        if sel.unconditional:
+            if sel.action == "anonymize" and rule.anonymize:
+                parts.append(table.c[rule.anonymize.marker].is_(None))
+            if rule.subject and sel.exclude_subjects:
+                subject = table.c[rule.subject]
+                parts.append(sa.or_(subject.is_(None), subject.not_in(
+                    coerce(subject, sel.exclude_subjects))))
+            return sa.and_(sa.true(), *parts)
         if sel.clock_cutoff is not None:
             clock = table.c[str(rule.clock)]
-            parts.append(clock <= _bound(clock, sel.clock_cutoff))
+            parts.append(clock <= bound(clock, sel.clock_cutoff))
         if sel.clock_after is not None:
             clock = table.c[str(rule.clock)]
-            parts.append(clock > _bound(clock, sel.clock_after))
-        parts += [_filter(table.c[f.column], f) for f in sel.filters]
+            parts.append(clock > bound(clock, sel.clock_after))
+        parts += [filter_expr(table.c[f.column], f) for f in sel.filters]
         if rule.where:
-            parts.append(_where(rule.where))
+            parts.append(where_text(rule.where))
         if rule.subject:
             subject = table.c[rule.subject]
             if sel.subjects is not None:
-                parts.append(subject.in_(_coerce(subject, sel.subjects)))
+                parts.append(subject.in_(coerce(subject, sel.subjects)))
             if sel.exclude_subjects:
-                held = _coerce(subject, sel.exclude_subjects)
+                held = coerce(subject, sel.exclude_subjects)
                 if held:
                     parts.append(sa.or_(subject.is_(None), subject.not_in(held)))
         if sel.action == "anonymize" and rule.anonymize:
@@ -201,9 +230,9 @@ class SqlAdapter(Adapter):
     def _match_only(self, rule: Rule, table: sa.Table, now: datetime) -> list[Any]:
         from retentiond.planner import resolve_filters
 
-        parts = [_filter(table.c[f.column], f) for f in resolve_filters(rule, now)]
+        parts = [filter_expr(table.c[f.column], f) for f in resolve_filters(rule, now)]
         if rule.where:
-            parts.append(_where(rule.where))
+            parts.append(where_text(rule.where))
         return parts
 
     # -- read-only ----------------------------------------------------------------------------
@@ -245,24 +274,6 @@ class SqlAdapter(Adapter):
                 return
             last = rows[-1][0]
 
-    def remaining(self, rule: Rule, action: str, refs: set[str],
-                  ref_of: Callable[[Any], str]) -> set[str]:
-        table = self.table(rule)
-        key = table.c[str(rule.key)]
-        base = sa.select(key).order_by(key)
-        if action == "anonymize" and rule.anonymize:
-            base = base.where(table.c[rule.anonymize.marker].is_(None))
-        found: set[str] = set()
-        last: Any = None
-        while True:
-            q = (base if last is None else base.where(key > last)).limit(20_000)
-            with self._errors(f"reconciling {table.name}"), self.engine.connect() as conn:
-                keys = conn.execute(q).scalars().all()
-            found.update(r for r in map(ref_of, keys) if r in refs)
-            if len(keys) < 20_000 or found == refs:
-                return found
-            last = keys[-1]
-
     def facts(self, rules: Sequence[Rule], key: Any) -> Facts | None:
         from retentiond.planner import Facts
 
@@ -277,7 +288,7 @@ class SqlAdapter(Adapter):
                                 else_=0))
             marker = rule.anonymize.marker if rule.anonymize and rule.action == "anonymize" else None
             cols.append(table.c[marker].is_not(None) if marker else sa.false())
-        value = _coerce(keycol, [key])
+        value = coerce(keycol, [key])
         if not value:
             return None
         with self._errors(f"reading {table.name}"), self.engine.connect() as conn:
@@ -287,7 +298,7 @@ class SqlAdapter(Adapter):
         clocks, matches, marked = {}, {}, {}
         for i, rule in enumerate(rules):
             raw = row[1 + 3 * i]
-            clocks[rule.id] = _as_instant(raw, table.c[rule.clock] if rule.clock else None,
+            clocks[rule.id] = as_instant(raw, table.c[rule.clock] if rule.clock else None,
                                           self.policy.tz)
             matches[rule.id] = bool(row[2 + 3 * i])
             marked[rule.id] = bool(row[3 + 3 * i])
@@ -302,68 +313,4 @@ class SqlAdapter(Adapter):
         key = table.c[str(selection.rule.key)]
         where = sa.and_(key.in_(list(keys)), self.predicate(selection, table))
         with self._errors(f"deleting from {table.name}"), self.engine.begin() as conn:
-            return _delete_returning(conn, table, key, where)
-
-
-def _delete_returning(conn: Connection, table: sa.Table, key: sa.Column[Any],
-                      where: sa.ColumnElement[bool]) -> list[Any]:
-    if conn.dialect.delete_returning:
-        return list(conn.execute(sa.delete(table).where(where).returning(key)).scalars())
-    locked = list(conn.execute(sa.select(key).where(where).with_for_update()).scalars())
-    if locked:
-        conn.execute(sa.delete(table).where(key.in_(locked)))
-    return locked
-
-
-def _is_disconnect(exc: OperationalError) -> bool:
-    code = getattr(exc.orig, "args", [None])[0]
-    return code in (2003, 2006, 2013) or "connection" in type(exc.orig).__name__.lower()
-
-
-def _where(where: str) -> sa.TextClause:
-    # Colons are escaped so that ``x::date`` or ``'a:b'`` are not taken for bind parameters.
-    return sa.text(f"({where.replace(':', chr(92) + ':')})")
-
-
-def _bound(column: sa.Column[Any], at: datetime) -> Any:
-    """A cutoff instant (aware, in the policy's zone) in the column's own representation."""
-    t = column.type
-    if isinstance(t, sa.DateTime):
-        return at.astimezone(UTC) if t.timezone else at.replace(tzinfo=None)
-    if isinstance(t, sa.Date):
-        return at.date()
-    if isinstance(t, sa.Integer):
-        return int(at.timestamp() // 1)
-    return at.replace(tzinfo=None).isoformat(sep=" ")
-
-
-def _as_instant(raw: Any, column: sa.Column[Any] | None, tz: Any) -> datetime | None:
-    """A clock value read from the store as an aware datetime (the inverse of _bound)."""
-    if raw is None or column is None:
-        return None
-    if isinstance(raw, datetime):
-        return raw.replace(tzinfo=tz) if raw.tzinfo is None else raw
-    if isinstance(raw, int | float) and not isinstance(raw, bool):
-        return datetime.fromtimestamp(raw, UTC)
-    if hasattr(raw, "isoformat") and not isinstance(raw, str):
-        return datetime.combine(raw, datetime.min.time(), tzinfo=tz)
-    value = datetime.fromisoformat(str(raw))
-    return value.replace(tzinfo=tz) if value.tzinfo is None else value
-
-
-def _filter(column: sa.Column[Any], f: Filter) -> sa.ColumnElement[bool]:
-    ops: dict[str, Callable[[], sa.ColumnElement[bool]]] = {
-        "eq": lambda: column == f.value,
-        "in": lambda: column.in_(list(f.value)),
-        "is_null": lambda: column.is_(None) if f.value else column.is_not(None),
-        "le": lambda: column <= _bound(column, f.value),
-        "gt": lambda: column > _bound(column, f.value),
-    }
-    return ops[f.op]()
-
-
-def _coerce(column: sa.Column[Any], values: Sequence[str]) -> list[Any]:
-    """Subject ids arrive as text (CLI, state database); bind them in the column's type."""
-    if isinstance(column.type, sa.Integer):
-        return [int(v) for v in values if str(v).lstrip("-").isdigit()]
-    return [str(v) for v in values]
+            return delete_returning(conn, table, key, where)

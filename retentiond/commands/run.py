@@ -7,6 +7,7 @@ from datetime import datetime
 
 from retentiond import output
 from retentiond.app import App
+from retentiond.executor import RuleResult
 from retentiond.sweep import SweepReport, sweep
 
 COLUMNS = ("rule", "store", "target", "action", "due", "held", "kept", "done", "failed",
@@ -30,7 +31,7 @@ def _show(app: App, report: SweepReport) -> None:
     if app.json:
         output.emit_json(doc)
         return
-    rows = [(r.rule, r.store, r.target, r.action, r.due, r.held, r.kept, r.done, r.failed,
+    rows = [(r.rule, r.store, r.target, _action(r), r.due, r.held, r.kept, r.done, r.failed,
              r.null_clock) for r in report.rules]
     t = doc["totals"]
     footer = ("total", "", "", "", t["due"], t["held"], t["kept"], t["done"], t["failed"],
@@ -39,9 +40,18 @@ def _show(app: App, report: SweepReport) -> None:
     output.table(f"{kind} as of {report.as_of.isoformat(timespec='seconds')}  "
                  f"run {report.run_id[:12]}", COLUMNS, rows, numeric_from=4, footer=footer)
     for r in report.rules:
+        if r.purged:
+            output.line(f"rule {r.rule}: {r.purged} isolated records "
+                        f"{'would be ' if report.dry_run else ''}purged")
         if r.error:
             output.line(f"[red]rule {r.rule} failed:[/red] {r.error}")
     if not report.dry_run:
         verdict = "stopped early" if report.stopped else "complete"
         output.line(f"sweep {verdict}: {t['done']} disposed, {t['failed']} failed, "
                     f"{t['held']} held, {t['kept']} kept")
+
+
+def _action(r: RuleResult) -> str:
+    if not r.strategies:
+        return r.action
+    return f"{r.action} (" + ", ".join(f"{c}: {s}" for c, s in r.strategies.items()) + ")"

@@ -1,0 +1,290 @@
+"""The sql adapter's anonymise, isolate, purge and replay support (mixed into SqlAdapter).
+
+anonymize: one ``UPDATE`` per batch that rewrites the listed columns and sets the marker; when
+every strategy is SQL-expressible it is set-based (``UPDATE ... WHERE key IN (...) AND
+<selection>``), otherwise the batch's values are read under lock, computed in Python and written
+with one ``executemany``. Marked rows never match an anonymize selection again.
+
+isolate: the batch is copied into ``<table>_isolated`` (or ``isolate.table``) with
+``retentiond_isolated_at``, ``retentiond_rule`` and ``retentiond_purge_after`` (UTC), and deleted
+from the live table, in one transaction. ``scan_isolated``/``purge_isolated`` remove isolated rows
+once their purge time has come.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import NoSuchTableError
+
+from retentiond import anonymize as anon
+from retentiond.adapters.base import Candidate, Problem, Selection
+from retentiond.adapters.sqlexpr import bound
+
+if TYPE_CHECKING:
+    from contextlib import AbstractContextManager
+
+    from retentiond.policy.model import Policy, Rule
+
+EXTRA_COLUMNS = ("retentiond_isolated_at", "retentiond_rule", "retentiond_purge_after")
+
+
+def isolated_name(rule: Rule) -> str:
+    if rule.isolate is not None and rule.isolate.table:
+        return rule.isolate.table
+    return f"{rule.table}_isolated"
+
+
+class SqlActions:
+    """Mutators beyond delete. Relies on SqlAdapter's table(), predicate(), engine, _errors()."""
+
+    policy: Policy
+    store_name: str
+    _iso_tables: dict[str, sa.Table]
+
+    if TYPE_CHECKING:
+        @property
+        def engine(self) -> Engine: ...
+        def table(self, rule: Rule) -> sa.Table: ...
+        def predicate(self, sel: Selection, table: sa.Table) -> sa.ColumnElement[bool]: ...
+        def _errors(self, doing: str) -> AbstractContextManager[None]: ...
+
+    # -- anonymize ----------------------------------------------------------------------------
+    def anonymize(self, selection: Selection, keys: Sequence[Any]) -> list[Any]:
+        if not keys:
+            return []
+        rule = selection.rule
+        assert rule.anonymize is not None
+        table = self.table(rule)
+        key = table.c[str(rule.key)]
+        where = sa.and_(key.in_(list(keys)), self.predicate(selection, table))
+        marker = table.c[rule.anonymize.marker]
+        fixed = {marker.name: bound(marker, selection.now)}
+        fixed |= self._sql_values(rule, table)
+        computed = {c: anon.python_function(s, self._secret())
+                    for c, s in rule.anonymize.columns.items() if not anon.is_sql(s)}
+        with self._errors(f"anonymising {table.name}"), self.engine.begin() as conn:
+            _take_write_lock(conn, table, marker)
+            if not computed:
+                return _update_returning(conn, table, key, where, fixed)
+            rows = conn.execute(sa.select(key, *(table.c[c] for c in computed)).where(where)
+                                .with_for_update()).all()
+            if rows:
+                stmt = sa.update(table).where(key == sa.bindparam("_key")).values(
+                    **fixed, **{c: sa.bindparam(f"_new_{c}") for c in computed})
+                conn.execute(stmt, [{"_key": r[0], **{f"_new_{c}": fn(r[i + 1])
+                                                       for i, (c, fn) in enumerate(
+                                                           computed.items())}} for r in rows])
+            return [r[0] for r in rows]
+
+    def _secret(self) -> bytes:
+        return self.policy.secret_key.get_secret_value()
+
+    def _sql_values(self, rule: Rule, table: sa.Table) -> dict[str, Any]:
+        assert rule.anonymize is not None
+        dialect = self.engine.dialect.name
+        defaults = self._server_defaults(table)
+        return {c: anon.sql_expression(s, table.c[c], dialect, defaults.get(c))
+                for c, s in rule.anonymize.columns.items() if anon.is_sql(s)}
+
+    def _server_defaults(self, table: sa.Table) -> dict[str, str | None]:
+        cols = sa.inspect(self.engine).get_columns(table.name, table.schema)
+        return {c["name"]: c.get("default") for c in cols}
+
+    # -- isolate ------------------------------------------------------------------------------
+    def isolate(self, selection: Selection, keys: Sequence[Any]) -> list[Any]:
+        if not keys:
+            return []
+        rule = selection.rule
+        table = self.table(rule)
+        iso = self.isolated_table(rule, create=True)
+        key = table.c[str(rule.key)]
+        where = sa.and_(key.in_(list(keys)), self.predicate(selection, table))
+        now = datetime.now(UTC).replace(tzinfo=None)
+        purge_after = (selection.purge_after or datetime.now(UTC)).astimezone(UTC).replace(
+            tzinfo=None)
+        columns = [c.name for c in table.columns]
+        copy = sa.select(*table.columns, sa.literal(now, sa.DateTime),
+                         sa.literal(rule.id, sa.String), sa.literal(purge_after, sa.DateTime))
+        with self._errors(f"isolating {table.name}"), self.engine.begin() as conn:
+            _take_write_lock(conn, table, key)
+            locked = list(conn.execute(sa.select(key).where(where).with_for_update()).scalars())
+            if locked:
+                conn.execute(sa.insert(iso).from_select([*columns, *EXTRA_COLUMNS],
+                                                        copy.where(key.in_(locked))))
+                conn.execute(sa.delete(table).where(key.in_(locked)))
+            return locked
+
+    def isolated_table(self, rule: Rule, *, create: bool = False) -> sa.Table | None:
+        name = isolated_name(rule)
+        if name in self._iso_tables:
+            return self._iso_tables[name]
+        schema, _, bare = name.rpartition(".")
+        try:
+            with self._errors(f"reading table {name}"):
+                found = sa.Table(bare, sa.MetaData(), schema=schema or None,
+                                 autoload_with=self.engine)
+        except NoSuchTableError:
+            if not create:
+                return None
+            found = self._create_isolated(rule, bare, schema or None)
+        self._iso_tables[name] = found
+        return found
+
+    def _create_isolated(self, rule: Rule, name: str, schema: str | None) -> sa.Table:
+        live = self.table(rule)
+        columns = [sa.Column(c.name, c.type, nullable=True) for c in live.columns]
+        iso = sa.Table(name, sa.MetaData(),
+                       *columns,
+                       sa.Column("retentiond_isolated_at", sa.DateTime, nullable=False),
+                       sa.Column("retentiond_rule", sa.String(64), nullable=False),
+                       sa.Column("retentiond_purge_after", sa.DateTime, nullable=False),
+                       sa.Index(f"ix_{name}_purge", "retentiond_rule", "retentiond_purge_after"),
+                       schema=schema)
+        with self._errors(f"creating table {name}"):
+            iso.create(self.engine, checkfirst=True)
+        return iso
+
+    def scan_isolated(self, rule: Rule, now: datetime, batch_size: int
+                      ) -> Iterator[list[Candidate]]:
+        iso = self.isolated_table(rule)
+        if iso is None:
+            return
+        key = iso.c[str(rule.key)]
+        base = sa.select(key).distinct().where(*_purgeable(iso, rule, now)).order_by(key)
+        last: Any = None
+        while True:
+            q = (base if last is None else base.where(key > last)).limit(batch_size)
+            with self._errors(f"scanning {iso.name}"), self.engine.connect() as conn:
+                keys = list(conn.execute(q).scalars())
+            if not keys:
+                return
+            yield [Candidate(k) for k in keys]
+            if len(keys) < batch_size:
+                return
+            last = keys[-1]
+
+    def purge_isolated(self, rule: Rule, now: datetime, keys: Sequence[Any]) -> list[Any]:
+        iso = self.isolated_table(rule)
+        if iso is None or not keys:
+            return []
+        key = iso.c[str(rule.key)]
+        where = sa.and_(key.in_(list(keys)), *_purgeable(iso, rule, now))
+        with self._errors(f"purging {iso.name}"), self.engine.begin() as conn:
+            _take_write_lock(conn, iso, key)
+            locked = sorted(set(conn.execute(sa.select(key).where(where).with_for_update())
+                                .scalars()))
+            if locked:
+                conn.execute(sa.delete(iso).where(where))
+            return locked
+
+    # -- reading for replay and reconciliation ------------------------------------------------
+    def _present(self, rule: Rule, action: str, refs: set[str],
+                 ref_of: Callable[[Any], str]) -> list[Any]:
+        table = self.isolated_table(rule) if action == "purge" else self.table(rule)
+        if table is None:
+            return []
+        key = table.c[str(rule.key)]
+        base = sa.select(key).order_by(key)
+        if action == "anonymize" and rule.anonymize:
+            base = base.where(table.c[rule.anonymize.marker].is_(None))
+        found: list[Any] = []
+        last: Any = None
+        while True:
+            q = (base if last is None else base.where(key > last)).limit(20_000)
+            with self._errors(f"reading {table.name}"), self.engine.connect() as conn:
+                keys = list(conn.execute(q).scalars())
+            found.extend(k for k in keys if ref_of(k) in refs)
+            if len(keys) < 20_000:
+                return found
+            last = keys[-1]
+
+    def present(self, rule: Rule, action: str, refs: set[str],
+                ref_of: Callable[[Any], str]) -> list[Any]:
+        return self._present(rule, action, refs, ref_of)
+
+    def remaining(self, rule: Rule, action: str, refs: set[str],
+                  ref_of: Callable[[Any], str]) -> set[str]:
+        return {ref_of(k) for k in self._present(rule, action, refs, ref_of)}
+
+    # -- validation ---------------------------------------------------------------------------
+    def validate_actions(self, rule: Rule, table: sa.Table) -> list[Problem]:
+        problems: list[Problem] = []
+        if "anonymize" in (rule.action, rule.on_erasure) and rule.anonymize is not None:
+            problems += self._validate_anonymize(rule, table)
+        if "isolate" in (rule.action, rule.on_erasure):
+            problems += self._validate_isolated(rule, table)
+        return problems
+
+    def _validate_anonymize(self, rule: Rule, table: sa.Table) -> list[Problem]:
+        assert rule.anonymize is not None
+        opts = rule.anonymize
+        problems: list[Problem] = []
+        marker = table.c.get(opts.marker)
+        if marker is None:
+            problems.append(("anonymize.marker", f"column {table.name}.{opts.marker} does not "
+                             "exist; add a nullable timestamp column for retentiond to set"))
+        elif not marker.nullable:
+            problems.append(("anonymize.marker", f"column {table.name}.{opts.marker} is NOT "
+                             "NULL; the marker must be nullable (NULL = not yet anonymised)"))
+        infos = self._column_infos(table)
+        for name, strategy in opts.columns.items():
+            path = f"anonymize.columns.{name}"
+            if name not in infos:
+                problems.append((path, f"column {table.name}.{name} does not exist"))
+            elif name in (rule.key, opts.marker):
+                problems.append((path, f"{table.name}.{name} is the rule's key or marker and "
+                                 "cannot be anonymised"))
+            else:
+                problems += [(path, msg) for msg in anon.check(strategy, infos[name], table.name)]
+        return problems
+
+    def _column_infos(self, table: sa.Table) -> dict[str, anon.ColumnInfo]:
+        insp = sa.inspect(self.engine)
+        unique = {tuple(u["column_names"]) for u in insp.get_unique_constraints(
+            table.name, table.schema)}
+        unique |= {tuple(i["column_names"]) for i in insp.get_indexes(table.name, table.schema)
+                   if i.get("unique")}
+        pk = {c.name for c in table.primary_key.columns}
+        return {c["name"]: anon.ColumnInfo(c["name"], c["type"], bool(c["nullable"]),
+                                           c.get("default"), c["name"] in pk,
+                                           (c["name"],) in unique)
+                for c in insp.get_columns(table.name, table.schema)}
+
+    def _validate_isolated(self, rule: Rule, table: sa.Table) -> list[Problem]:
+        iso = self.isolated_table(rule)
+        if iso is None:
+            return []
+        missing = [c.name for c in table.columns if c.name not in iso.c]
+        missing += [c for c in EXTRA_COLUMNS if c not in iso.c]
+        if missing:
+            return [("isolate.table", f"table {iso.name} exists but lacks "
+                     f"{', '.join(missing)}; it is not {table.name}'s isolation table")]
+        return []
+
+
+def _purgeable(iso: sa.Table, rule: Rule, now: datetime) -> list[sa.ColumnElement[bool]]:
+    utc = now.astimezone(UTC).replace(tzinfo=None)
+    return [iso.c.retentiond_rule == rule.id, iso.c.retentiond_purge_after <= utc]
+
+
+def _take_write_lock(conn: Connection, table: sa.Table, column: sa.Column[Any]) -> None:
+    """On SQLite, take the database's write lock before reading the batch, so nothing can
+    change between the read and the write (other backends lock rows with FOR UPDATE)."""
+    if conn.dialect.name == "sqlite":
+        conn.execute(sa.update(table).where(sa.false()).values({column.name: column}))
+
+
+def _update_returning(conn: Connection, table: sa.Table, key: sa.Column[Any],
+                      where: sa.ColumnElement[bool], values: dict[str, Any]) -> list[Any]:
+    if conn.dialect.update_returning:
+        return list(conn.execute(sa.update(table).where(where).values(**values)
+                                 .returning(key)).scalars())
+    locked = list(conn.execute(sa.select(key).where(where).with_for_update()).scalars())
+    if locked:
+        conn.execute(sa.update(table).where(key.in_(locked)).values(**values))
+    return locked

@@ -1,0 +1,77 @@
+"""SQL building blocks shared by the sql adapter's readers and mutators."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import OperationalError
+
+from retentiond.adapters.base import Filter
+
+
+def delete_returning(conn: Connection, table: sa.Table, key: sa.Column[Any],
+                      where: sa.ColumnElement[bool]) -> list[Any]:
+    if conn.dialect.delete_returning:
+        return list(conn.execute(sa.delete(table).where(where).returning(key)).scalars())
+    locked = list(conn.execute(sa.select(key).where(where).with_for_update()).scalars())
+    if locked:
+        conn.execute(sa.delete(table).where(key.in_(locked)))
+    return locked
+
+
+def is_disconnect(exc: OperationalError) -> bool:
+    code = getattr(exc.orig, "args", [None])[0]
+    return code in (2003, 2006, 2013) or "connection" in type(exc.orig).__name__.lower()
+
+
+def where_text(where: str) -> sa.TextClause:
+    # Colons are escaped so that ``x::date`` or ``'a:b'`` are not taken for bind parameters.
+    return sa.text(f"({where.replace(':', chr(92) + ':')})")
+
+
+def bound(column: sa.Column[Any], at: datetime) -> Any:
+    """A cutoff instant (aware, in the policy's zone) in the column's own representation."""
+    t = column.type
+    if isinstance(t, sa.DateTime):
+        return at.astimezone(UTC) if t.timezone else at.replace(tzinfo=None)
+    if isinstance(t, sa.Date):
+        return at.date()
+    if isinstance(t, sa.Integer):
+        return int(at.timestamp() // 1)
+    return at.replace(tzinfo=None).isoformat(sep=" ")
+
+
+def as_instant(raw: Any, column: sa.Column[Any] | None, tz: Any) -> datetime | None:
+    """A clock value read from the store as an aware datetime (the inverse of _bound)."""
+    if raw is None or column is None:
+        return None
+    if isinstance(raw, datetime):
+        return raw.replace(tzinfo=tz) if raw.tzinfo is None else raw
+    if isinstance(raw, int | float) and not isinstance(raw, bool):
+        return datetime.fromtimestamp(raw, UTC)
+    if hasattr(raw, "isoformat") and not isinstance(raw, str):
+        return datetime.combine(raw, datetime.min.time(), tzinfo=tz)
+    value = datetime.fromisoformat(str(raw))
+    return value.replace(tzinfo=tz) if value.tzinfo is None else value
+
+
+def filter_expr(column: sa.Column[Any], f: Filter) -> sa.ColumnElement[bool]:
+    ops: dict[str, Callable[[], sa.ColumnElement[bool]]] = {
+        "eq": lambda: column == f.value,
+        "in": lambda: column.in_(list(f.value)),
+        "is_null": lambda: column.is_(None) if f.value else column.is_not(None),
+        "le": lambda: column <= bound(column, f.value),
+        "gt": lambda: column > bound(column, f.value),
+    }
+    return ops[f.op]()
+
+
+def coerce(column: sa.Column[Any], values: Sequence[str]) -> list[Any]:
+    """Subject ids arrive as text (CLI, state database); bind them in the column's type."""
+    if isinstance(column.type, sa.Integer):
+        return [int(v) for v in values if str(v).lstrip("-").isdigit()]
+    return [str(v) for v in values]

@@ -1,0 +1,403 @@
+"""The adapter contract suite: the checks every adapter passes, built-in ones included.
+
+Like alembic's ``alembic.testing.suite``, this module is imported by a test module, which
+subclasses :class:`AdapterContract` and provides one fixture, ``harness``, yielding a
+:class:`Harness`: a connected adapter, a rule whose ``key``, ``subject`` and ``clock`` name the
+harness's records, and direct access to the store behind the adapter (to seed records, read
+back which keys remain, move a clock, and take a snapshot of the whole store)::
+
+    import pytest
+    from retentiond.testing import AdapterContract, Harness
+
+    class MyHarness(Harness):
+        ...  # seed(), keys(), set_clock(), snapshot(); optionally poison(), unreachable()
+
+    class TestMyAdapter(AdapterContract):
+        @pytest.fixture
+        def harness(self, tmp_path):
+            h = MyHarness(tmp_path)
+            yield h
+            h.close()
+
+The contract (see :mod:`retentiond.adapters.base`), checked against a reference model of the
+selection on a fixed set of 40 records (due, not yet due, exactly at the cutoff, NULL clock,
+NULL subject, inserted in shuffled order):
+
+* ``scan`` yields non-empty lists of at most ``batch_size`` :class:`Candidate`, in strictly
+  ascending key order, covering exactly the selected records, each with its subject; disposing
+  each batch before the next is read (what the executor does) still covers them all.
+* ``count`` equals the number ``scan`` yields; ``count_null_clock`` counts the records without
+  a clock; a selection whose ``subjects`` is empty covers nothing.
+* ``delete`` disposes exactly the given keys that still match the selection, in one
+  transaction, and returns them: a key outside the selection, a key whose clock moved forward
+  after the scan, an unknown or already disposed key is left alone and not returned.
+* ``remaining`` returns exactly the given references whose records are still present.
+* The read-only methods (``validate``, ``count``, ``count_null_clock``, ``scan``,
+  ``remaining``) change nothing in the store; an action the adapter does not declare is refused
+  with :class:`~retentiond.errors.StoreError` and changes nothing.
+* An adapter class missing an abstract method of :class:`~retentiond.adapters.base.Adapter`
+  fails when it is constructed, not in the middle of a sweep.
+
+Requires pytest (a development dependency); nothing else in retentiond imports this module.
+"""
+
+from __future__ import annotations
+
+import abc
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from typing import Any
+
+import pytest
+
+from retentiond.adapters import registry
+from retentiond.adapters.base import Adapter, Candidate, Selection
+from retentiond.audit.ledger import Refs
+from retentiond.errors import StoreError, StoreUnreachable
+from retentiond.policy.model import Policy, Rule
+
+__all__ = ["CUTOFF", "AdapterContract", "Harness", "Record", "make_policy"]
+
+#: The wall-clock instant (in the policy's zone) that the contract's time selections cut at.
+CUTOFF = datetime(2024, 6, 15, 12, 0, 0)
+#: The methods every adapter must implement; a class missing one cannot be constructed.
+ABSTRACT_METHODS = frozenset({"connect", "close", "validate", "count", "count_null_clock",
+                              "scan", "remaining", "delete"})
+ALL_ACTIONS = frozenset({"delete", "anonymize", "isolate"})
+CONTRACT_SECRET = b"retentiond-contract-suite-secret-key-0123456789"
+N_RECORDS = 40
+
+
+@dataclass(frozen=True)
+class Record:
+    """One record as the harness seeds it. ``clock`` is naive wall-clock time in the policy's
+    time zone, whole seconds (some stores keep no fractions), or None."""
+
+    key: Any
+    subject: Any
+    clock: datetime | None
+
+
+def make_policy(adapter: str, store: dict[str, Any], rule: dict[str, Any], *,
+                store_name: str = "contract", rule_id: str = "contract",
+                timezone: str = "UTC") -> tuple[Policy, Rule]:
+    """A validated policy with one store and one rule, for building a harness's adapter."""
+    policy = Policy.model_validate({
+        "version": 1, "timezone": timezone, "secret_key": CONTRACT_SECRET.decode(),
+        "stores": {store_name: {"adapter": adapter, **store}},
+        "rules": [{"id": rule_id, "store": store_name, "dispose_after": "1d", **rule}],
+    })
+    return policy, policy.rules[0]
+
+
+class Harness(abc.ABC):
+    """An adapter under test plus direct access to the store behind it."""
+
+    def __init__(self, adapter: Adapter, rule: Rule) -> None:
+        self.adapter = adapter
+        self.rule = rule
+
+    @abc.abstractmethod
+    def seed(self, records: Sequence[Record]) -> None:
+        """Insert these records into the rule's target (empty before the first call)."""
+
+    @abc.abstractmethod
+    def keys(self) -> list[Any]:
+        """The keys of every record present in the rule's target, in any order."""
+
+    @abc.abstractmethod
+    def set_clock(self, key: Any, clock: datetime | None) -> None:
+        """Change one record's clock, as the application owning the store would."""
+
+    @abc.abstractmethod
+    def snapshot(self) -> object:
+        """Everything the store holds (every record with every field, and what else the adapter
+        could create), as a value compared with ``==``."""
+
+    def key_for(self, i: int) -> Any:
+        """The i-th key; keys must ascend with ``i`` in the adapter's key order and in
+        Python's."""
+        return i
+
+    def subject_for(self, n: int) -> Any:
+        """The n-th subject id, as the store holds it."""
+        return n
+
+    def poison(self, key: Any) -> str:
+        """Make any attempt to dispose ``key`` fail inside the store, and return the error
+        text the store reports (it must not leak into retentiond's error). Stores without
+        transactions leave this unimplemented and the atomicity check is skipped."""
+        raise NotImplementedError
+
+    def unreachable(self) -> tuple[Adapter, str | None]:
+        """An unconnected adapter of this kind for a store that cannot be reached, and a secret
+        in its connection settings that must not appear in the error (or None)."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self.adapter.close()
+
+
+# -- the reference model ----------------------------------------------------------------------
+def _text(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def selected(record: Record, sel: Selection) -> bool:
+    """Whether the contract's selections cover ``record`` (the fields they use)."""
+    subject = _text(record.subject)
+    if sel.subjects is not None and (subject is None or subject not in sel.subjects):
+        return False
+    if sel.clock_cutoff is not None and (
+            record.clock is None or record.clock.replace(tzinfo=sel.tz) > sel.clock_cutoff):
+        return False
+    return subject is None or subject not in sel.exclude_subjects
+
+
+def dataset(h: Harness) -> list[Record]:
+    """40 records in key order: clocks every 6 hours around :data:`CUTOFF` (one exactly at
+    it), four without a clock, four without a subject, subjects 1 to 5."""
+    records = []
+    for i in range(N_RECORDS):
+        clock = None if i % 9 == 4 else CUTOFF + timedelta(hours=6 * (i - 20))
+        subject = None if i % 11 == 6 else h.subject_for(i % 5 + 1)
+        records.append(Record(h.key_for(i), subject, clock))
+    return records
+
+
+def _flatten(batches: Sequence[Sequence[Candidate]]) -> list[Candidate]:
+    return [c for batch in batches for c in batch]
+
+
+class AdapterContract:
+    """Subclass in a test module (named ``Test...``) and override the ``harness`` fixture."""
+
+    # -- fixtures -------------------------------------------------------------------------------
+    @pytest.fixture
+    def harness(self) -> Iterator[Harness]:
+        raise NotImplementedError("a contract test class overrides the `harness` fixture")
+
+    @pytest.fixture
+    def records(self, harness: Harness) -> list[Record]:
+        """The harness seeded with :func:`dataset`, inserted in shuffled order."""
+        records = dataset(harness)
+        shuffled = list(records)
+        random.Random(N_RECORDS).shuffle(shuffled)
+        harness.seed(shuffled)
+        assert sorted(harness.keys()) == [r.key for r in records], "the harness lost records"
+        return records
+
+    # -- helpers --------------------------------------------------------------------------------
+    @staticmethod
+    def selection(h: Harness, **changes: Any) -> Selection:
+        tz = h.adapter.policy.tz
+        base = Selection(rule=h.rule, action="delete", reason="schedule", tz=tz,
+                         now=(CUTOFF + timedelta(days=400)).replace(tzinfo=tz),
+                         clock_cutoff=CUTOFF.replace(tzinfo=tz))
+        return replace(base, **changes)
+
+    def selections(self, h: Harness) -> dict[str, Selection]:
+        """The kinds of selection the planner hands an adapter, on the contract's data."""
+        s = [str(h.subject_for(n)) for n in range(1, 6)]
+        return {
+            "time": self.selection(h),
+            "time-held": self.selection(h, exclude_subjects=(s[1], s[2])),
+            "erasure": self.selection(h, clock_cutoff=None, reason="erasure:q1",
+                                      subjects=(s[0], s[3])),
+            "erasure-held": self.selection(h, clock_cutoff=None, reason="erasure:q2",
+                                           subjects=(s[0], s[3]), exclude_subjects=(s[3],)),
+            "early-cutoff": self.selection(
+                h, clock_cutoff=(CUTOFF - timedelta(hours=30)).replace(
+                    tzinfo=h.adapter.policy.tz)),
+        }
+
+    @staticmethod
+    def expected(records: Sequence[Record], sel: Selection) -> list[Any]:
+        return [r.key for r in records if selected(r, sel)]
+
+    @staticmethod
+    def ref_of(h: Harness) -> Any:
+        return Refs(CONTRACT_SECRET).record_fn(h.adapter.store_name, h.rule.target)
+
+    # -- the interface --------------------------------------------------------------------------
+    def test_base_class_declares_the_interface(self) -> None:
+        assert frozenset(Adapter.__abstractmethods__) == ABSTRACT_METHODS
+
+    @pytest.mark.parametrize("missing", sorted(ABSTRACT_METHODS))
+    def test_class_missing_a_method_fails_at_construction(self, harness: Harness,
+                                                           missing: str) -> None:
+        cls = type(harness.adapter)
+        methods = {name: getattr(cls, name) for name in ABSTRACT_METHODS}
+        args = (harness.adapter.store_name, harness.adapter.store, harness.adapter.policy)
+        complete = type("Complete", (Adapter,), {"name": "complete", "actions": cls.actions,
+                                                 **methods})
+        assert isinstance(complete(*args), Adapter)
+        del methods[missing]
+        partial = type("Partial", (Adapter,), {"name": "partial", "actions": cls.actions,
+                                               **methods})
+        with pytest.raises(TypeError, match=missing):
+            partial(*args)
+
+    def test_adapter_is_registered_and_declares_its_actions(self, harness: Harness) -> None:
+        cls = type(harness.adapter)
+        assert registry.get(cls.name) is cls
+        assert "delete" in cls.actions
+        assert cls.actions <= ALL_ACTIONS
+        for action in sorted(ALL_ACTIONS - cls.actions):
+            rule = harness.rule.model_copy(update={"action": action})
+            problems = cls.check_rule(rule, harness.adapter.policy)
+            assert [p for p, _ in problems if p == "action"] == ["action"], problems
+
+    def test_validate_accepts_the_harness_rule(self, harness: Harness,
+                                               records: list[Record]) -> None:
+        assert harness.adapter.validate(harness.rule) == []
+
+    # -- read-only methods ----------------------------------------------------------------------
+    @pytest.mark.parametrize("batch_size", [1, 3, 7, N_RECORDS, 1000])
+    def test_scan_yields_ascending_bounded_batches_covering_the_selection(
+            self, harness: Harness, records: list[Record], batch_size: int) -> None:
+        by_key = {r.key: r for r in records}
+        for name, sel in self.selections(harness).items():
+            batches = [list(b) for b in harness.adapter.scan(sel, batch_size)]
+            assert all(0 < len(b) <= batch_size for b in batches), (name, map(len, batches))
+            found = _flatten(batches)
+            assert all(isinstance(c, Candidate) for c in found), name
+            keys = [c.key for c in found]
+            assert all(a < b for a, b in zip(keys, keys[1:], strict=False)), (name, keys)
+            assert keys == self.expected(records, sel), name
+            assert [_text(c.subject) for c in found] == [
+                _text(by_key[k].subject) for k in keys], name
+
+    def test_scan_counts_are_exact(self, harness: Harness, records: list[Record]) -> None:
+        wanted = {"time": 19, "time-held": 13, "erasure": 15, "erasure-held": 8,
+                  "early-cutoff": 14}
+        for name, sel in self.selections(harness).items():
+            scanned = len(_flatten(list(harness.adapter.scan(sel, 4))))
+            assert (harness.adapter.count(sel), scanned) == (wanted[name], wanted[name]), name
+            assert len(self.expected(records, sel)) == wanted[name], "reference model drifted"
+
+    def test_count_null_clock(self, harness: Harness, records: list[Record]) -> None:
+        assert harness.adapter.count_null_clock(harness.rule) == 4
+        assert sum(r.clock is None for r in records) == 4
+
+    def test_empty_subject_list_covers_nothing(self, harness: Harness,
+                                               records: list[Record]) -> None:
+        sel = self.selection(harness, clock_cutoff=None, subjects=())
+        assert harness.adapter.count(sel) == 0
+        assert list(harness.adapter.scan(sel, 5)) == []
+        assert harness.adapter.delete(sel, [r.key for r in records]) == []
+        assert sorted(harness.keys()) == [r.key for r in records]
+
+    def test_read_only_methods_change_nothing(self, harness: Harness,
+                                              records: list[Record]) -> None:
+        before = harness.snapshot()
+        adapter = harness.adapter
+        ref_of = self.ref_of(harness)
+        assert adapter.validate(harness.rule) == []
+        assert adapter.count_null_clock(harness.rule) == 4
+        for sel in self.selections(harness).values():
+            adapter.count(sel)
+            list(adapter.scan(sel, 3))
+        refs = {ref_of(r.key) for r in records}
+        assert adapter.remaining(harness.rule, "delete", refs, ref_of) == refs
+        assert harness.snapshot() == before
+
+    def test_remaining_is_exactly_the_present_refs(self, harness: Harness,
+                                                   records: list[Record]) -> None:
+        ref_of = self.ref_of(harness)
+        sel = self.selection(harness)
+        gone = self.expected(records, sel)[:6]
+        assert sorted(harness.adapter.delete(sel, gone)) == gone
+        present = [r.key for r in records if r.key not in gone]
+        asked = {ref_of(k) for k in gone + present[::2]} | {ref_of(harness.key_for(10_000))}
+        found = harness.adapter.remaining(harness.rule, "delete", asked, ref_of)
+        assert found == {ref_of(k) for k in present[::2]}
+        assert harness.adapter.remaining(harness.rule, "delete", set(), ref_of) == set()
+
+    # -- delete ---------------------------------------------------------------------------------
+    def test_delete_disposes_and_returns_exactly_the_matching_keys(
+            self, harness: Harness, records: list[Record]) -> None:
+        sel = self.selection(harness)
+        due = self.expected(records, sel)
+        not_due = [r.key for r in records if r.clock is not None and r.key not in due][:3]
+        no_clock = [r.key for r in records if r.clock is None][:2]
+        unknown = harness.key_for(10_000)
+        wanted = due[:5]
+        asked = [*not_due, wanted[2], unknown, *wanted[3:], *no_clock, *wanted[:2]]
+        assert sorted(harness.adapter.delete(sel, asked)) == wanted
+        assert sorted(harness.keys()) == [r.key for r in records if r.key not in wanted]
+        assert harness.adapter.delete(sel, wanted) == [], "a disposed key was disposed again"
+
+    @pytest.mark.parametrize("name", ["time-held", "erasure", "erasure-held"])
+    def test_delete_honours_subjects_and_holds(self, harness: Harness, records: list[Record],
+                                               name: str) -> None:
+        sel = self.selections(harness)[name]
+        wanted = self.expected(records, sel)
+        assert sorted(harness.adapter.delete(sel, [r.key for r in records])) == wanted
+        assert sorted(harness.keys()) == [r.key for r in records if r.key not in wanted]
+
+    def test_delete_leaves_a_record_whose_clock_moved_after_the_scan(
+            self, harness: Harness, records: list[Record]) -> None:
+        sel = self.selection(harness)
+        batch = [c.key for c in next(iter(harness.adapter.scan(sel, 5)))]
+        assert batch == self.expected(records, sel)[:5]
+        moved = batch[3]
+        harness.set_clock(moved, CUTOFF + timedelta(days=30))
+        assert sorted(harness.adapter.delete(sel, batch)) == [k for k in batch if k != moved]
+        assert sorted(harness.keys()) == [r.key for r in records
+                                          if r.key == moved or r.key not in batch]
+
+    def test_delete_of_nothing_changes_nothing(self, harness: Harness,
+                                               records: list[Record]) -> None:
+        before = harness.snapshot()
+        assert harness.adapter.delete(self.selection(harness), []) == []
+        assert harness.snapshot() == before
+
+    def test_disposing_each_batch_before_the_next_covers_the_selection(
+            self, harness: Harness, records: list[Record]) -> None:
+        sel = self.selection(harness)
+        disposed: list[Any] = []
+        for batch in harness.adapter.scan(sel, 3):
+            keys = [c.key for c in batch]
+            assert sorted(harness.adapter.dispose(sel, keys)) == keys
+            disposed += keys
+        wanted = self.expected(records, sel)
+        assert disposed == wanted
+        assert sorted(harness.keys()) == [r.key for r in records if r.key not in wanted]
+
+    def test_delete_is_one_transaction(self, harness: Harness, records: list[Record]) -> None:
+        sel = self.selection(harness)
+        due = self.expected(records, sel)
+        try:
+            leak = harness.poison(due[7])
+        except NotImplementedError:
+            pytest.skip(f"{type(harness).__name__} has no transactions to check")
+        before = harness.snapshot()
+        with pytest.raises(StoreError) as info:
+            harness.adapter.delete(sel, due[:8])
+        assert leak not in str(info.value), "the store's error text leaked into the message"
+        assert harness.snapshot() == before
+        assert sorted(harness.keys()) == [r.key for r in records]
+
+    def test_unsupported_actions_are_refused(self, harness: Harness,
+                                             records: list[Record]) -> None:
+        cls = type(harness.adapter)
+        before = harness.snapshot()
+        due = self.expected(records, self.selection(harness))
+        for action in sorted(ALL_ACTIONS - cls.actions):
+            with pytest.raises(StoreError):
+                harness.adapter.dispose(self.selection(harness, action=action), due)
+        assert harness.snapshot() == before
+
+    def test_unreachable_store_raises_store_unreachable(self, harness: Harness) -> None:
+        try:
+            adapter, secret = harness.unreachable()
+        except NotImplementedError:
+            pytest.skip(f"{type(harness).__name__} cannot make its store unreachable")
+        with pytest.raises(StoreUnreachable) as info:
+            adapter.connect()
+        assert str(info.value).startswith(f"store {adapter.store_name}: ")
+        if secret:
+            assert secret not in str(info.value)
