@@ -243,6 +243,24 @@ def explain_cmd(ctx: click.Context, rule_id: str, key: str, json_flag: bool) -> 
     ctx.exit(explain.explain(_app(ctx, json_flag), rule_id, key))
 
 
+@cli.group("backup")
+def backup_group() -> None:
+    """Backups of the stores."""
+
+
+@backup_group.command("restored")
+@click.option("--store", required=True, metavar="NAME", help="The store that was restored.")
+@click.option("--taken-at", "taken_at", required=True, metavar="ISO8601",
+              help="When the restored backup was taken.")
+@json_option
+@click.pass_context
+def backup_restored(ctx: click.Context, store: str, taken_at: str, json_flag: bool) -> None:
+    """Re-apply every disposal made in STORE since the backup was taken."""
+    from retentiond.commands import backup
+
+    ctx.exit(backup.restored(_app(ctx, json_flag), store, taken_at))
+
+
 # -- db ---------------------------------------------------------------------------------------
 @cli.group("db")
 def db_group() -> None:
