@@ -153,3 +153,17 @@ class Hold(Base):
     release_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
 
     __table_args__ = (Index("ix_holds_released_at", "released_at"),)
+
+
+class Lease(Base):
+    """The sweep lease (one row, ``name = "sweep"``): the replica that may sweep, and a version
+    it bumps on every renewal. See :mod:`retentiond.state.lease`."""
+
+    __tablename__ = "lease"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    holder: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    version: Mapped[int] = mapped_column(BigInteger)
+    acquired_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    renewed_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)

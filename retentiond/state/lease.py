@@ -1,0 +1,156 @@
+"""The sweep lease: of several ``retentiond serve`` replicas sharing one state database, exactly
+one sweeps at a time, and another takes over when it dies.
+
+One row of the ``lease`` table (``name = "sweep"``) names the holder and carries a version
+that the holder bumps on every renewal. Every write is a compare-and-set on that version, so
+two replicas can never both win it.
+
+- A free lease (``holder`` NULL, after a clean shutdown) is taken at once.
+- A held lease is taken over when a replica has watched the *same* version for ``ttl`` seconds
+  on its own monotonic clock: the holder stopped renewing, it is dead or cut off. Like
+  Kubernetes' leader election, no decision depends on the wall clocks of the replicas agreeing;
+  ``expires_at`` is written for people (``retentiond status``), never read.
+- The holder trusts its lease only until ``ttl - renew`` seconds after it *started* its last
+  successful renewal, so it stops sweeping (after the batch in flight) before anyone else may
+  start, even when the state database is unreachable.
+
+A row rather than a PostgreSQL advisory lock: it works the same on SQLite (one host, several
+processes) and PostgreSQL, needs no long-lived session, and ``status`` can show who holds it.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, cast
+
+from sqlalchemy import Table, insert, select, update
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import IntegrityError
+
+from retentiond.state.models import Lease
+
+lease_t = cast(Table, Lease.__table__)
+NAME = "sweep"
+
+
+@dataclass(frozen=True)
+class Timings:
+    """``ttl``: how long an unrenewed lease stays with its holder; ``renew``: how often every
+    replica renews or tries to take the lease. Takeover happens within ``ttl + renew``."""
+
+    ttl: float = 30.0
+    renew: float = 10.0
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> Timings:
+        """``RETENTIOND_LEASE_TTL`` and ``RETENTIOND_LEASE_RENEW``, in seconds."""
+        env = dict(os.environ) if env is None else env
+        ttl = float(env.get("RETENTIOND_LEASE_TTL") or cls.ttl)
+        renew = float(env.get("RETENTIOND_LEASE_RENEW") or min(cls.renew, ttl / 3))
+        if not 0 < renew < ttl:
+            raise ValueError(f"lease timings: need 0 < renew ({renew}) < ttl ({ttl})")
+        return cls(ttl, renew)
+
+
+def holder_id() -> str:
+    """``host:pid:random``, unique per process start."""
+    return f"{socket.gethostname()[:80]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+class SweepLease:
+    def __init__(self, engine: Engine, timings: Timings, holder: str | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.engine = engine
+        self.timings = timings
+        self.holder = holder or holder_id()
+        self._clock = clock
+        self._valid_until = 0.0
+        self._seen: tuple[str | None, int] | None = None
+        self._seen_at = 0.0
+        self.other: str | None = None  # the holder last seen, when it is not us
+
+    def held(self) -> bool:
+        return self._clock() < self._valid_until
+
+    def tick(self) -> str:
+        """Renew or try to take the lease. Returns ``renewed``, ``acquired`` (it was free),
+        ``taken over`` (from a holder that stopped renewing), ``lost`` or ``standby``."""
+        start = self._clock()
+        was_held = self.held()
+        with self.engine.begin() as conn:
+            row = _row(conn)
+            outcome = self._decide(conn, row, start)
+        if outcome == "renewed" and not was_held:
+            outcome = "acquired"  # ours all along, but we could not renew it for a while
+        if outcome in ("renewed", "acquired", "taken over"):
+            self._valid_until = start + self.timings.ttl - self.timings.renew
+            self.other = None
+        elif was_held:
+            self._valid_until = 0.0
+            outcome = "lost"
+        return outcome
+
+    def _decide(self, conn: Connection, row: Any, start: float) -> str:
+        if row.holder == self.holder:
+            return "renewed" if self._cas(conn, row.version, acquired=False) else "lost"
+        if row.holder is None:
+            return "acquired" if self._cas(conn, row.version, acquired=True) else "standby"
+        self.other = row.holder
+        if self._seen != (row.holder, row.version):
+            self._seen, self._seen_at = (row.holder, row.version), start
+            return "standby"
+        if start - self._seen_at < self.timings.ttl:
+            return "standby"
+        return "taken over" if self._cas(conn, row.version, acquired=True) else "standby"
+
+    def _cas(self, conn: Connection, version: int, *, acquired: bool) -> bool:
+        now = datetime.now(UTC)
+        values: dict[str, Any] = {"holder": self.holder, "version": version + 1,
+                                  "renewed_at": now,
+                                  "expires_at": now + timedelta(seconds=self.timings.ttl)}
+        if acquired:
+            values["acquired_at"] = now
+        res = conn.execute(update(lease_t).where(lease_t.c.name == NAME,
+                                                 lease_t.c.version == version).values(**values))
+        return res.rowcount == 1
+
+    def release(self) -> bool:
+        """Give the lease up (clean shutdown) so another replica takes it at once."""
+        self._valid_until = 0.0
+        with self.engine.begin() as conn:
+            res = conn.execute(update(lease_t).where(
+                lease_t.c.name == NAME, lease_t.c.holder == self.holder).values(
+                holder=None, version=lease_t.c.version + 1, expires_at=None))
+        return res.rowcount == 1
+
+
+def _row(conn: Connection) -> Any:
+    row = conn.execute(select(lease_t).where(lease_t.c.name == NAME)).first()
+    if row is not None:
+        return row
+    try:  # migrated databases have the row; recreate it if someone deleted it
+        with conn.begin_nested():
+            conn.execute(insert(lease_t).values(name=NAME, holder=None, version=0))
+    except IntegrityError:
+        pass
+    return conn.execute(select(lease_t).where(lease_t.c.name == NAME)).one()
+
+
+def read(engine: Engine) -> dict[str, Any] | None:
+    """The lease as ``status`` shows it (None when nobody holds it)."""
+    with engine.connect() as conn:
+        row = conn.execute(select(lease_t).where(lease_t.c.name == NAME)).first()
+    if row is None or row.holder is None:
+        return None
+    return {"holder": row.holder, "acquired_at": _iso(row.acquired_at),
+            "renewed_at": _iso(row.renewed_at), "expires_at": _iso(row.expires_at)}
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
