@@ -111,6 +111,28 @@ def run_cmd(ctx: click.Context, dry_run: bool, rules: tuple[str, ...], json_flag
     ctx.exit(run.run(_app(ctx, json_flag), rules, dry_run))
 
 
+@cli.command("serve")
+@click.option("--sweep-at-start", is_flag=True, envvar="RETENTIOND_SWEEP_AT_START",
+              help="Sweep once as soon as this replica holds the lease "
+                   "(env RETENTIOND_SWEEP_AT_START=1).")
+@click.pass_context
+def serve_cmd(ctx: click.Context, sweep_at_start: bool) -> None:
+    """The daemon: sweeps on `schedule`, erasure requests every 15 minutes (systemd notify)."""
+    from retentiond import daemon
+
+    ctx.exit(daemon.serve(_app(ctx), sweep_at_start=sweep_at_start))
+
+
+@cli.command("status")
+@json_option
+@click.pass_context
+def status_cmd(ctx: click.Context, json_flag: bool) -> None:
+    """Last and next sweep, open and overdue requests, active holds, ledger head."""
+    from retentiond.commands import status
+
+    ctx.exit(status.status(_app(ctx, json_flag)))
+
+
 # -- audit ------------------------------------------------------------------------------------
 @cli.group("audit")
 def audit_group() -> None:
