@@ -44,7 +44,7 @@ code{font-size:12px;word-break:break-all}.none{color:#666;font-style:italic}
 .banner{padding:.8em 1em;margin:1em 0;border-radius:4px;font-size:16px}
 .ok{background:#e6f4ea;border:2px solid #4c9a55}.bad{background:#fde7e7;border:3px solid #c0392b}
 .bad strong{color:#c0392b;font-size:18px}.overdue{color:#c0392b;font-weight:bold}
-svg text{font:11px system-ui,sans-serif}"""
+svg text{font:10px system-ui,sans-serif}"""
 
 
 def esc(value: Any) -> str:
@@ -201,15 +201,26 @@ def disposals_section(tally: Tally, policy: Policy) -> str:
     return "".join(out)
 
 
+def nice_ceiling(n: int) -> int:
+    """The smallest 1, 2, 2.5 or 5 times a power of ten that is at least ``n`` (and >= 1)."""
+    scale = 1
+    while True:
+        for step in (10, 20, 25, 50):
+            if step * scale // 10 >= n:
+                return max(step * scale // 10, 1)
+        scale *= 10
+
+
 def chart(months: list[str], data: dict[str, dict[str, int]], rules: list[str]) -> str:
     """Stacked bars: one per month, one colour per rule, a legend below."""
-    top = max(sum(data[m].values()) for m in months) or 1
-    slot, bar, plot_h, left, top_pad = 46, 32, 200, 56, 20
+    top = nice_ceiling(max(sum(data[m].values()) for m in months))
+    slot, bar, plot_h, left, top_pad = 54, 34, 200, 56, 20
     width = max(left + slot * len(months) + 20, 480)
     legend_y = top_pad + plot_h + 36
     height = legend_y + 18 * len(rules) + 8
-    parts = [f'<svg role="img" aria-label="records disposed per month and rule" width="{width}" '
-             f'height="{height}" viewBox="0 0 {width} {height}">']
+    parts = [f'<svg width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
+             'font-family="sans-serif" font-size="10" role="img" '
+             'aria-label="records disposed per month and rule">']
     for frac in (0, 0.5, 1):
         y = top_pad + plot_h * (1 - frac)
         parts.append(f'<line x1="{left}" y1="{y:.1f}" x2="{width - 10}" y2="{y:.1f}" '
