@@ -17,7 +17,7 @@ HARDENING = {
     "ProtectSystem": ["strict"], "ProtectHome": ["yes"], "PrivateTmp": ["yes"],
     "PrivateDevices": ["yes"], "NoNewPrivileges": ["yes"], "ProtectKernelTunables": ["yes"],
     "ProtectKernelModules": ["yes"], "ProtectKernelLogs": ["yes"],
-    "ProtectControlGroups": ["yes"], "DynamicUser": ["yes"],
+    "ProtectControlGroups": ["yes"], "DynamicUser": ["yes"], "User": ["retentiond"],
     "RestrictAddressFamilies": ["AF_UNIX AF_INET AF_INET6"],
     "SystemCallFilter": ["@system-service", "~@privileged @resources"],
     "StateDirectory": ["retentiond"], "ReadWritePaths": ["/var/lib/retentiond"],
