@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import sys
-from contextlib import contextmanager
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TextIO
 
@@ -74,8 +74,12 @@ def _open(path: str | None) -> Iterator[TextIO]:
         yield sys.stdout
         return
     tmp = Path(path).with_name(Path(path).name + ".part")
-    with tmp.open("w", encoding="utf-8", newline="") as fh:
-        yield fh
+    try:
+        with tmp.open("w", encoding="utf-8", newline="") as fh:
+            yield fh
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     tmp.replace(path)
 
 
