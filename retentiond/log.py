@@ -39,7 +39,7 @@ def setup(*, debug: bool = False, stream: TextIO | None = None) -> None:
     ]
     tty = hasattr(stream, "isatty") and stream.isatty()
     renderer: Any = (
-        structlog.dev.ConsoleRenderer(colors=True)
+        _console_renderer()
         if tty
         else structlog.processors.JSONRenderer(sort_keys=False)
     )
@@ -65,6 +65,12 @@ def setup(*, debug: bool = False, stream: TextIO | None = None) -> None:
     root.setLevel(level)
     for noisy in ("sqlalchemy", "alembic", "apscheduler", "botocore", "urllib3", "faker"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if debug else logging.WARNING)
+
+
+def _console_renderer() -> Any:
+    import structlog.dev  # imports rich; only worth it on a terminal
+
+    return structlog.dev.ConsoleRenderer(colors=True)
 
 
 def get_logger(name: str) -> Any:

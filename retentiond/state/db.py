@@ -7,16 +7,21 @@ copied into the wheel as ``retentiond/_migrations``; :func:`migrations_dir` find
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from retentiond.errors import StateUnreachable
 from retentiond.log import get_logger, redact_url
+
+if TYPE_CHECKING:
+    from alembic.config import Config
+
+# The newest migration in migrations/versions. Commands compare it with the database's
+# alembic_version and skip loading Alembic when they match (a test keeps the two in step).
+HEAD_REVISION = "0003"
 
 log = get_logger(__name__)
 
@@ -73,12 +78,23 @@ def open_state(url: str, *, upgrade: bool = True) -> Engine:
         raise StateUnreachable(
             f"state database {redact_url(url)} is unreachable; check `state:` in the policy"
         ) from None
-    if upgrade:
+    if upgrade and stored_revision(engine) != HEAD_REVISION:
         upgrade_state(engine)
     return engine
 
 
+def stored_revision(engine: Engine) -> str | None:
+    """The revision recorded in the database, without loading Alembic (None if unknown)."""
+    try:
+        with engine.connect() as conn:
+            return conn.execute(text("select version_num from alembic_version")).scalar()
+    except DBAPIError:
+        return None
+
+
 def alembic_config(engine: Engine) -> Config:
+    from alembic.config import Config
+
     cfg = Config()
     cfg.set_main_option("script_location", str(migrations_dir()))
     cfg.attributes["engine"] = engine
@@ -86,6 +102,8 @@ def alembic_config(engine: Engine) -> Config:
 
 
 def upgrade_state(engine: Engine, revision: str = "head") -> None:
+    from alembic import command
+
     cfg = alembic_config(engine)
     with engine.begin() as conn:
         cfg.attributes["connection"] = conn
