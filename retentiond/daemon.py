@@ -34,7 +34,9 @@ import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from types import FrameType
+from typing import cast
 
+import sqlalchemy as sa
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
@@ -46,10 +48,12 @@ from retentiond.metrics import Metrics
 from retentiond.policy import Policy
 from retentiond.state.cases import open_requests
 from retentiond.state.db import make_engine
-from retentiond.state.lease import SweepLease, Timings
+from retentiond.state.lease import SweepLease, Timings, seconds
+from retentiond.state.models import Run
 from retentiond.sweep import SweepReport, sweep
 
 log = get_logger(__name__)
+runs_t = cast(sa.Table, Run.__table__)
 
 REQUEST_INTERVAL = 900.0  # seconds; SPEC 8: "at least every 15 minutes"
 MISFIRE_GRACE = 3600  # a sweep that could not start on time still runs within the hour
@@ -108,8 +112,8 @@ class Daemon:
         self.app = app
         self.notify = Notifier(env.get("NOTIFY_SOCKET"))
         self.watchdog = watchdog_interval(env)
-        self.request_interval = float(env.get("RETENTIOND_REQUEST_INTERVAL") or REQUEST_INTERVAL)
-        self.lease = SweepLease(make_engine(app.policy.state), Timings.from_env(dict(env)))
+        self.request_interval = seconds(env, "RETENTIOND_REQUEST_INTERVAL", REQUEST_INTERVAL)
+        self.lease = SweepLease(make_engine(app.policy.state), Timings.from_env(env))
         self.metrics = Metrics(lambda: self.app.state)
         self.cron = cron(app.policy)
         self.scheduler = BackgroundScheduler(timezone=UTC, job_defaults={
@@ -233,12 +237,19 @@ class Daemon:
             self._standby_of = self.lease.other
             log.info("standby", lease_holder=self.lease.other)
             self._status()
-        if outcome == "taken over":
-            self.catch_up = True
+        if outcome == "taken over" or (outcome == "acquired" and self._unfinished()):
+            self.catch_up = True  # finish what a dead or stopped holder left undone
         if held and self.catch_up and not self.stopping:
             self.catch_up = False
             self.scheduler.add_job(self._sweep_job, id="catch-up", args=["catch-up"],
                                    replace_existing=True)
+
+    def _unfinished(self) -> bool:
+        """Whether the latest real run was cut short (stopped, or its process died)."""
+        q = (sa.select(runs_t.c.status).where(runs_t.c.dry_run.is_(False))
+             .order_by(runs_t.c.started_at.desc()).limit(1))
+        with self.lease.engine.connect() as conn:
+            return conn.execute(q).scalar() in ("running", "interrupted")
 
     def _sweep_job(self, kind: str) -> None:
         time_based = kind != "requests"

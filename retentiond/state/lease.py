@@ -24,7 +24,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
@@ -33,6 +33,7 @@ from sqlalchemy import Table, insert, select, update
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
+from retentiond.errors import UsageError
 from retentiond.state.models import Lease
 
 lease_t = cast(Table, Lease.__table__)
@@ -48,14 +49,28 @@ class Timings:
     renew: float = 10.0
 
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> Timings:
+    def from_env(cls, env: Mapping[str, str]) -> Timings:
         """``RETENTIOND_LEASE_TTL`` and ``RETENTIOND_LEASE_RENEW``, in seconds."""
-        env = dict(os.environ) if env is None else env
-        ttl = float(env.get("RETENTIOND_LEASE_TTL") or cls.ttl)
-        renew = float(env.get("RETENTIOND_LEASE_RENEW") or min(cls.renew, ttl / 3))
-        if not 0 < renew < ttl:
-            raise ValueError(f"lease timings: need 0 < renew ({renew}) < ttl ({ttl})")
+        ttl = seconds(env, "RETENTIOND_LEASE_TTL", cls.ttl)
+        renew = seconds(env, "RETENTIOND_LEASE_RENEW", min(cls.renew, ttl / 3))
+        if renew >= ttl:
+            raise UsageError(f"RETENTIOND_LEASE_RENEW ({renew:g}) must be shorter than "
+                             f"RETENTIOND_LEASE_TTL ({ttl:g})")
         return cls(ttl, renew)
+
+
+def seconds(env: Mapping[str, str], name: str, default: float) -> float:
+    """A positive number of seconds from the environment."""
+    raw = env.get(name)
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise UsageError(f"{name}={raw!r}: expected a positive number of seconds")
+    return value
 
 
 def holder_id() -> str:

@@ -433,8 +433,11 @@ def test_replica_takes_over_when_the_holder_is_killed(ws: Any, pg_db: Any) -> No
                      lambda: (lease_holder() or "").startswith(b.holder_prefix()), 60)
             took = time.monotonic() - killed
             assert 2.0 <= took < 60
-            after = wait_for("b's sweep", lambda: [r for r in runs() if r.status == "ok"]
-                             if len(runs()) == 2 else None, 30)
+            def both_done() -> list[Any] | None:
+                rs = runs()
+                return rs if [r.status for r in rs] == ["ok", "ok"] else None
+
+            after = wait_for("b's sweep", both_done, 30)
             assert after[0] == first[0]
             assert after[0].finished_at <= after[1].started_at
             assert [e["event"] for e in b.events() if e["event"].startswith("lease")] == [
@@ -456,3 +459,56 @@ def test_serve_with_a_broken_policy_exits_2_before_ready(ws: Any) -> None:
         assert d.log_path.read_text().splitlines() == ["error: bogus: unknown key"]
         time.sleep(0.2)
         assert d.notify.received == []
+
+
+# -- the lease, in process, with a clock the test moves ---------------------------------------
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_lease_compare_and_set_on_one_clock(tmp_path: Path) -> None:
+    from retentiond.state.db import open_state
+    from retentiond.state.lease import SweepLease, Timings, read
+
+    engine = open_state(f"sqlite:///{tmp_path / 'state.db'}")
+    clock, timings = Clock(), Timings(ttl=30, renew=10)
+    a = SweepLease(engine, timings, "host:1:a", clock)
+    b = SweepLease(engine, timings, "host:2:b", clock)
+    try:
+        assert (a.tick(), b.tick()) == ("acquired", "standby")
+        assert (a.held(), b.held(), b.other) == (True, False, "host:1:a")
+        clock.now += 9.0
+        assert (a.tick(), b.tick()) == ("renewed", "standby")  # a new version: b starts over
+        clock.now += 19.9
+        assert a.held() is True  # ttl - renew after its last renewal began
+        clock.now += 0.1
+        assert a.held() is False  # a stopped renewing: it stops trusting the lease ...
+        clock.now += 9.9
+        assert b.tick() == "standby"  # ... before b may take it (same version for 29.9 s)
+        clock.now += 0.1
+        assert b.tick() == "taken over"
+        assert (a.tick(), a.held(), a.other) == ("standby", False, "host:2:b")
+        assert read(engine)["holder"] == "host:2:b"
+        assert b.release() is True
+        assert read(engine) is None
+        assert a.tick() == "acquired"  # a released lease is free at once
+    finally:
+        engine.dispose()
+
+
+def test_lease_timings_from_the_environment() -> None:
+    from retentiond.errors import UsageError
+    from retentiond.state.lease import Timings
+
+    assert Timings.from_env({}) == Timings(30.0, 10.0)
+    assert Timings.from_env({"RETENTIOND_LEASE_TTL": "3"}) == Timings(3.0, 1.0)
+    assert Timings.from_env({"RETENTIOND_LEASE_TTL": "3", "RETENTIOND_LEASE_RENEW": "0.5"}
+                            ) == Timings(3.0, 0.5)
+    with pytest.raises(UsageError, match=r"RETENTIOND_LEASE_RENEW \(5\) must be shorter"):
+        Timings.from_env({"RETENTIOND_LEASE_TTL": "3", "RETENTIOND_LEASE_RENEW": "5"})
+    with pytest.raises(UsageError, match="RETENTIOND_LEASE_TTL='soon': expected a positive"):
+        Timings.from_env({"RETENTIOND_LEASE_TTL": "soon"})
