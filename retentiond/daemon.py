@@ -92,8 +92,8 @@ class Notifier:
 
 def watchdog_interval(env: Mapping[str, str]) -> float | None:
     """Half of ``WATCHDOG_USEC`` in seconds, when the watchdog is meant for this process."""
-    usec, pid = env.get("WATCHDOG_USEC"), env.get("WATCHDOG_PID")
-    if not usec or (pid and pid != str(os.getpid())):
+    usec, pid = env.get("WATCHDOG_USEC", ""), env.get("WATCHDOG_PID")
+    if not usec.isdigit() or int(usec) == 0 or (pid and pid != str(os.getpid())):
         return None
     return int(usec) / 2 / 1_000_000
 
@@ -260,17 +260,17 @@ class Daemon:
         if not self.sweep_lock.acquire(blocking=time_based):
             return  # a sweep is running; it serves the open requests too
         try:
-            if not (self.stopping or not self.lease.held()):
+            if not self.should_stop():
                 self._sweep(self.app, kind, time_based)
             self._close_retired()
         finally:
             self.sweep_lock.release()
 
     def _sweep(self, app: App, kind: str, time_based: bool) -> None:
-        if not time_based and not open_requests(app.state):
-            return
-        log.info("sweep started", kind=kind)
         try:
+            if not time_based and not open_requests(app.state):
+                return
+            log.info("sweep started", kind=kind)
             report = sweep(app, dry_run=False, should_stop=self.should_stop,
                            time_based=time_based)
         except Exception as exc:  # the daemon outlives a failed sweep
@@ -296,10 +296,11 @@ class Daemon:
         fresh = App(str(self.app.config_path), debug=self.app.debug)
         try:
             self._check(fresh)
-        except RetentiondError as exc:
+        except Exception as exc:  # whatever is wrong with the new policy, keep the old one
             fresh.close()
+            errors = exc.lines() if isinstance(exc, RetentiondError) else [type(exc).__name__]
             log.error("policy reload failed", path=str(self.app.config_path),
-                      errors=[redact_url(line) for line in exc.lines()])
+                      errors=[redact_url(line) for line in errors])
             self.notify("READY=1")
             self._status("reload failed, running policy kept")
             return
