@@ -18,6 +18,7 @@ import hmac as hmac_mod
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime
+from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
@@ -58,9 +59,16 @@ def sql_expression(strategy: Strategy, column: sa.Column[Any], dialect: str,
     if isinstance(strategy, ConstantStrategy):
         return sa.cast(sa.literal(strategy.value), column.type)
     if isinstance(strategy, RoundStrategy):
-        step = sa.literal(strategy.step, sa.Numeric)
-        rounded = sa.func.round(sa.cast(column, sa.Numeric(38, 10)) / step) * step
-        return sa.cast(rounded, column.type)
+        # An exact decimal step: a float would make MySQL/MariaDB divide in DOUBLE, whose
+        # ROUND() goes half to even (2.5 -> 2).
+        step = sa.cast(sa.literal(Decimal(str(strategy.step)), sa.Numeric(38, 10)),
+                       sa.Numeric(38, 10))
+        quotient = sa.cast(column, sa.Numeric(38, 10)) / step
+        if dialect == "sqlite":
+            # SQLite divides in REAL: 0.35 / 0.1 = 3.4999999999999996; drop the float noise
+            # before rounding half away from zero.
+            quotient = sa.func.round(quotient, 9)
+        return sa.cast(sa.func.round(quotient) * step, column.type)
     if isinstance(strategy, TruncateDateStrategy):
         return _truncate(column, strategy.unit, dialect)
     raise TypeError(f"strategy {strategy.strategy} is computed in Python")

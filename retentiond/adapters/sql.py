@@ -164,8 +164,8 @@ class SqlAdapter(SqlActions, Adapter):
                 problems.append((f"match.{column}", f"{cond.op} needs a timestamp or date "
                                  f"column; {table.name}.{column} is {table.c[column].type}"))
         if rule.where:
-            problems += self._checkwhere_text(table, rule.where)
-        return problems
+            problems += self._check_where(table, rule.where)
+        return problems + self.validate_actions(rule, table)
 
     def _check_key(self, table: sa.Table, key: str) -> list[Problem]:
         pk = [c.name for c in table.primary_key.columns]
@@ -180,7 +180,7 @@ class SqlAdapter(SqlActions, Adapter):
         return [("key", f"column {table.name}.{key} is neither the primary key nor unique; "
                  "name the table's primary key column")]
 
-    def _checkwhere_text(self, table: sa.Table, where: str) -> list[Problem]:
+    def _check_where(self, table: sa.Table, where: str) -> list[Problem]:
         probe = sa.select(sa.literal(1)).select_from(table).where(where_text(where)).limit(1)
         try:
             with self.engine.connect() as conn:

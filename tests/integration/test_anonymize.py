@@ -393,17 +393,8 @@ def round_run(store_db: Any, ws: Any, values: dict[str, list[Any]]) -> dict[str,
     return got
 
 
-ROUNDING_BUG = ("round binds its step as a float: on MariaDB the division is DOUBLE and "
-                "ROUND(DOUBLE) rounds half to even (25 / 10 = 2.5 -> 2)")
-SQLITE_FLOAT_BUG = ("on SQLite a NUMERIC column holds REAL: 0.35 / 0.1 = 3.4999999999999996 "
-                    "rounds to 3, not 4")
-
-
-def test_round_half_away_from_zero(store_db: Any, ws: Any,
-                                   request: pytest.FixtureRequest) -> None:
+def test_round_half_away_from_zero(store_db: Any, ws: Any) -> None:
     """An integer column with step 10 and a numeric one with step 0.5 (exact in binary)."""
-    if store_db.backend == "mariadb":
-        request.applymarker(pytest.mark.xfail(strict=True, reason=ROUNDING_BUG))
     got = round_run(store_db, ws, {
         "qty": [25, 15, -25, -15, 14, -14, 5, 0, 1234],
         "price": [Decimal(v) for v in ("1.25", "-1.25", "1.24", "0.75", "-0.75", "2.00",
@@ -415,12 +406,8 @@ def test_round_half_away_from_zero(store_db: Any, ws: Any,
                             7: Decimal("0.5"), 8: None, 9: None, 99: Decimal("1.25")}
 
 
-def test_round_decimal_step_is_exact(store_db: Any, ws: Any,
-                                     request: pytest.FixtureRequest) -> None:
+def test_round_decimal_step_is_exact(store_db: Any, ws: Any) -> None:
     """Step 0.1 on a NUMERIC(10, 2) column: half away from zero on the decimal value."""
-    if store_db.backend in ("mariadb", "sqlite"):
-        reason = ROUNDING_BUG if store_db.backend == "mariadb" else SQLITE_FLOAT_BUG
-        request.applymarker(pytest.mark.xfail(strict=True, reason=reason))
     got = round_run(store_db, ws, {"rate": [Decimal(v) for v in ("0.35", "-0.35", "0.15",
                                                                   "2.25", "1.04")]})
     assert got["rate"] == {1: Decimal("0.4"), 2: Decimal("-0.4"), 3: Decimal("0.2"),
