@@ -412,6 +412,11 @@ def bench_backend(backend: str, args: argparse.Namespace, work: Path, key_file: 
              "now": now.isoformat(), "pg_url": args.pg_url}
     res = run_child([sys.executable, str(Path(__file__).resolve()), "--_build",
                      json.dumps(build)])
+    if res["rc"] != 0:  # a half-built template must not outlive the bench
+        if backend == "postgresql":
+            pg_drop(args.pg_url, template)
+        else:
+            Path(template).unlink(missing_ok=True)
     _must(res, "building the table")
     build_s = res["wall"]
     tmpl_url = f"sqlite:///{template}" if backend == "sqlite" else _pg_url(args.pg_url, template)
