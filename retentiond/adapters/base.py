@@ -157,6 +157,15 @@ class Adapter(abc.ABC):
     def delete(self, selection: Selection, keys: Sequence[Any]) -> list[Any]:
         """Delete these records in one transaction; return the keys deleted."""
 
+    def delete_next(self, selection: Selection, after: Any, limit: int,
+                    intent: Callable[[list[Any]], None]) -> list[Any] | None:
+        """Optional fast path for delete sweeps: dispose the next ``limit`` selected records
+        with keys above ``after`` in one transaction, calling ``intent(keys)`` after the
+        records are known and before the transaction commits (so the intent is durable first).
+        Returns the keys disposed, in ascending order, or None when the adapter has no such
+        path (the executor then scans and calls :meth:`delete`)."""
+        return None
+
     def anonymize(self, selection: Selection, keys: Sequence[Any]) -> list[Any]:
         from retentiond.errors import StoreError
 

@@ -23,7 +23,7 @@ from sqlalchemy.exc import NoSuchTableError
 
 from retentiond import anonymize as anon
 from retentiond.adapters.base import Candidate, Problem, Selection
-from retentiond.adapters.sqlexpr import bound
+from retentiond.adapters.sqlexpr import bound, keys_in
 
 if TYPE_CHECKING:
     from contextlib import AbstractContextManager
@@ -61,7 +61,7 @@ class SqlActions:
         assert rule.anonymize is not None
         table = self.table(rule)
         key = table.c[str(rule.key)]
-        where = sa.and_(key.in_(list(keys)), self.predicate(selection, table))
+        where = sa.and_(keys_in(self.engine.dialect.name, key, keys), self.predicate(selection, table))
         marker = table.c[rule.anonymize.marker]
         fixed = {marker.name: bound(marker, selection.now)}
         fixed |= self._sql_values(rule, table)
@@ -103,7 +103,7 @@ class SqlActions:
         table = self.table(rule)
         iso = self.isolated_table(rule, create=True)
         key = table.c[str(rule.key)]
-        where = sa.and_(key.in_(list(keys)), self.predicate(selection, table))
+        where = sa.and_(keys_in(self.engine.dialect.name, key, keys), self.predicate(selection, table))
         now = datetime.now(UTC).replace(tzinfo=None)
         purge_after = (selection.purge_after or datetime.now(UTC)).astimezone(UTC).replace(
             tzinfo=None)
@@ -115,8 +115,8 @@ class SqlActions:
             locked = list(conn.execute(sa.select(key).where(where).with_for_update()).scalars())
             if locked:
                 conn.execute(sa.insert(iso).from_select([*columns, *EXTRA_COLUMNS],
-                                                        copy.where(key.in_(locked))))
-                conn.execute(sa.delete(table).where(key.in_(locked)))
+                                                        copy.where(keys_in(conn.dialect.name, key, locked))))
+                conn.execute(sa.delete(table).where(keys_in(conn.dialect.name, key, locked)))
             return locked
 
     def isolated_table(self, rule: Rule, *, create: bool = False) -> sa.Table | None:
@@ -173,7 +173,7 @@ class SqlActions:
         if iso is None or not keys:
             return []
         key = iso.c[str(rule.key)]
-        where = sa.and_(key.in_(list(keys)), *_purgeable(iso, rule, now))
+        where = sa.and_(keys_in(self.engine.dialect.name, key, keys), *_purgeable(iso, rule, now))
         with self._errors(f"purging {iso.name}"), self.engine.begin() as conn:
             _take_write_lock(conn, iso, key)
             locked = sorted(set(conn.execute(sa.select(key).where(where).with_for_update())
@@ -286,5 +286,6 @@ def _update_returning(conn: Connection, table: sa.Table, key: sa.Column[Any],
                                  .returning(key)).scalars())
     locked = list(conn.execute(sa.select(key).where(where).with_for_update()).scalars())
     if locked:
-        conn.execute(sa.update(table).where(key.in_(locked)).values(**values))
+        conn.execute(sa.update(table).where(keys_in(conn.dialect.name, key, locked))
+                     .values(**values))
     return locked

@@ -13,14 +13,34 @@ from sqlalchemy.exc import OperationalError
 from retentiond.adapters.base import Filter
 
 
+def keys_in(dialect: str, key: sa.Column[Any], keys: Sequence[Any]) -> sa.ColumnElement[bool]:
+    """``key IN (keys)`` for a batch. On PostgreSQL one array parameter, ``key = ANY(:keys)``:
+    an expanding IN renders, ships, parses and plans a 5000-placeholder statement per batch."""
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import ARRAY
+
+        return key == sa.any_(sa.bindparam("batch_keys", list(keys), type_=ARRAY(key.type)))
+    return key.in_(list(keys))
+
+
 def delete_returning(conn: Connection, table: sa.Table, key: sa.Column[Any],
-                      where: sa.ColumnElement[bool]) -> list[Any]:
+                     where: sa.ColumnElement[bool]) -> list[Any]:
     if conn.dialect.delete_returning:
-        return list(conn.execute(sa.delete(table).where(where).returning(key)).scalars())
-    locked = list(conn.execute(sa.select(key).where(where).with_for_update()).scalars())
+        return conn.execute(sa.delete(table).where(where).returning(key)).scalars().all()
+    locked = conn.execute(sa.select(key).where(where).with_for_update()).scalars().all()
     if locked:
-        conn.execute(sa.delete(table).where(key.in_(locked)))
-    return locked
+        conn.execute(sa.delete(table).where(keys_in(conn.dialect.name, key, locked)))
+    return list(locked)
+
+
+def next_keys(dialect: str, key: sa.Column[Any], select: sa.Select[Any]) -> Any:
+    """``key IN (<select ... LIMIT n>)`` in the form each planner handles well: PostgreSQL
+    plans ``IN (subquery with LIMIT)`` as a scan of the whole table, ``= ANY(ARRAY(...))`` as an
+    index range."""
+    if dialect == "postgresql":
+
+        return key == sa.any_(sa.func.array(select.scalar_subquery()))
+    return key.in_(select.scalar_subquery())
 
 
 def is_disconnect(exc: OperationalError) -> bool:

@@ -47,6 +47,12 @@ def verify(engine: Engine, *, public_key: str | None = None,
     if (head_seq, head_hash) != (count, prev):
         raise AuditError(f"ledger head says entry {head_seq} but the chain ends at entry {count}: "
                          "entries were removed or added outside retentiond")
+    if public_key is not None and stored and not stored[-1].get("signature"):
+        raise AuditError(f"checkpoint at entry {stored[-1]['seq']} is not signed although "
+                         "signing_key is set: it was replaced or its signature removed")
+    if public_key is not None and external is not None and not external.get("signature"):
+        raise AuditError(f"the given checkpoint at entry {external.get('seq')} is not signed "
+                         "although signing_key is set")
     signed = 0
     for cp in stored:
         _check_checkpoint(cp, at_seq, count, public_key, "checkpoint")

@@ -44,20 +44,28 @@ def migrations_dir() -> Path:
     raise RuntimeError("retentiond's migrations are missing from this installation")
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, *, store: bool = False) -> Engine:
+    """An engine for the state database, or with ``store=True`` for a data store: a store's
+    SQLite file is used as it is (no directories created, journal mode left alone)."""
     url = normalize_url(url)
     kwargs: dict[str, Any] = {"future": True}
     if url.startswith("sqlite"):
         path = url.split(":///", 1)[-1]
-        if path and path != ":memory:":
+        if path and path != ":memory:" and not store:
             Path(path.split("?")[0]).parent.mkdir(parents=True, exist_ok=True)
         kwargs["connect_args"] = {"timeout": 60}
     else:
         kwargs["pool_pre_ping"] = True
     engine = create_engine(url, **kwargs)
     if url.startswith("sqlite"):
-        event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "connect", _store_pragmas if store else _sqlite_pragmas)
     return engine
+
+
+def _store_pragmas(dbapi_conn: Any, _: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _: Any) -> None:

@@ -225,9 +225,6 @@ def test_keep_for_floor_holds_on_the_day_before_a_clamped_leap_day(sqlite_db: An
     assert counts(plan.json()) == [rule_counts(leap, due=1)]
 
 
-@pytest.mark.xfail(strict=True, reason="the sql adapter opens SQLite stores with "
-                   "make_engine(), whose connect hook sets PRAGMA journal_mode=WAL: the first "
-                   "read rewrites the store's header (bytes 18-19) and leaves -wal/-shm files")
 def test_dry_run_leaves_sqlite_store_byte_for_byte_unchanged(sqlite_db: Any, ws: Any) -> None:
     engine = sqlite_db.engine()
     rows, _ = dataset(now_seconds())
@@ -297,8 +294,6 @@ def test_unreachable_store_is_recorded_as_a_failed_run(ws: Any) -> None:
     assert ledger(ws.root / "state.db", "dispose") == []
 
 
-@pytest.mark.xfail(strict=True, reason="cli.main() discards the exit code that "
-                   "cli.main(standalone_mode=False) returns for ctx.exit(n): plan/run exit 0")
 @pytest.mark.parametrize("command", ["plan", "run"])
 def test_unreachable_store_exits_3(ws: Any, command: str) -> None:
     _unreachable_policy(ws)

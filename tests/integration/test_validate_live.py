@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
 import sqlalchemy as sa
 from helpers import create, error_lines, users_table
 
@@ -97,9 +96,6 @@ def test_unreachable_store_exits_3(ws: Any) -> None:
     assert "s3cret-pw" not in result.out + result.err
 
 
-@pytest.mark.xfail(strict=True, reason="the sql adapter opens a missing SQLite store with "
-                   "make_engine(), which creates its directories and an empty database, so a "
-                   "mistyped path reports a missing table (exit 2) and leaves files behind")
 def test_missing_sqlite_store_is_unreachable_and_not_created(ws: Any) -> None:
     missing = ws.root / "no-such-dir" / "typo.db"
     ws.policy({"app": {"adapter": "sql", "url": f"sqlite:///{missing}"}}, [_rule(0)])
