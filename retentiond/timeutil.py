@@ -11,25 +11,31 @@ from __future__ import annotations
 
 import calendar
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
+from functools import cache
 from zoneinfo import ZoneInfo
 
-_SHORT = re.compile(r"^\s*(\d+)\s*(h|d|w|mo|y)\s*$")
+# ASCII digits only (\d would accept "٣d"), no blanks inside ("3 y" is not "3y"); fullmatch.
+_SHORT = re.compile(r"([0-9]+)(h|d|w|mo|y)")
 _ISO = re.compile(
-    r"^P(?!$)(?:(\d+)Y)?(?:(\d+)M)?(?:(\d+)W)?(?:(\d+)D)?"
-    r"(?:T(?=\d)(?:(\d+)H)?(?:(\d+)M)?(?:(\d+)S)?)?$"
+    r"P(?!$)(?:([0-9]+)Y)?(?:([0-9]+)M)?(?:([0-9]+)W)?(?:([0-9]+)D)?"
+    r"(?:T(?=[0-9])(?:([0-9]+)H)?(?:([0-9]+)M)?(?:([0-9]+)S)?)?"
 )
 _UNIT_SECONDS = {"h": 3600, "d": 86400, "w": 7 * 86400}
 _UNIT_MONTHS = {"mo": 1, "y": 12}
 MAX_MONTHS = 12 * 1000
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True)
 class Duration:
+    """``months`` calendar months plus ``seconds``. Equal when the amounts are equal, however
+    they were written (``3y == 36mo == P3Y``); not ordered, because ``1mo`` and ``30d`` cannot be
+    ordered (see :func:`never_longer`)."""
+
     months: int = 0
     seconds: int = 0
-    text: str = ""
+    text: str = field(default="", compare=False)
 
     def __str__(self) -> str:
         return self.text or format_duration(self)
@@ -43,15 +49,16 @@ def parse_duration(text: str) -> Duration:
     """Parse ``3y``, ``18mo``, ``30d``, ``2w``, ``12h`` or ISO 8601 ``P3Y``, ``PT12H``."""
     if not isinstance(text, str):
         raise ValueError(f"expected a duration such as 30d or P3Y, got {text!r}")
-    if m := _SHORT.match(text):
+    stripped = text.strip()
+    if m := _SHORT.fullmatch(stripped):
         n, unit = int(m.group(1)), m.group(2)
         if unit in _UNIT_MONTHS:
-            return _checked(Duration(months=n * _UNIT_MONTHS[unit], text=text.strip()))
-        return _checked(Duration(seconds=n * _UNIT_SECONDS[unit], text=text.strip()))
-    if m := _ISO.match(text.strip().upper()):
+            return _checked(Duration(months=n * _UNIT_MONTHS[unit], text=stripped))
+        return _checked(Duration(seconds=n * _UNIT_SECONDS[unit], text=stripped))
+    if m := _ISO.fullmatch(stripped):
         y, mo, w, d, h, mi, s = (int(g) if g else 0 for g in m.groups())
         seconds = ((w * 7 + d) * 24 + h) * 3600 + mi * 60 + s
-        return _checked(Duration(months=y * 12 + mo, seconds=seconds, text=text.strip()))
+        return _checked(Duration(months=y * 12 + mo, seconds=seconds, text=stripped))
     raise ValueError(
         f"unparseable duration {text!r}; use <n>h, <n>d, <n>w, <n>mo, <n>y or ISO 8601 like P3Y"
     )
@@ -94,52 +101,93 @@ def subtract(value: datetime, d: Duration) -> datetime:
 
 
 def due_cutoff(now: datetime, d: Duration) -> datetime:
-    """The latest clock value ``c`` with ``add(c, d) <= now``.
+    """The latest clock value ``c`` with ``add(c, d) <= now``: every clock that is due is at or
+    before it, so ``clock <= due_cutoff`` is one indexed comparison.
 
-    ``add(., d)`` is monotonic, so ``c + d <= now`` holds exactly for ``c <= due_cutoff(now, d)``;
-    this turns the per-record rule into one indexed comparison. Because of month-end clamping the
-    cutoff can lie up to three days after ``subtract(now, d)`` (every day from Jan 28 to Jan 31
-    plus one month is Feb 28).
+    It is exact except for the clocks in :func:`due_gaps`. Because of month-end clamping
+    ``add(., d)`` is not monotonic: 2024-02-28 12:00 + 1y is 2025-02-28 12:00 but 2024-02-29
+    06:00 + 1y is 2025-02-28 06:00. At 2025-02-28 10:00 the cutoff is 2024-02-29 10:00, and
+    2024-02-28 after 10:00 is not due yet although it is before the cutoff.
     """
     base = now - timedelta(seconds=d.seconds)
     if d.months == 0:
         return base
-    start = add_months(base, -d.months).date()
-    best = start
-    for k in range(1, 5):
-        day = start + timedelta(days=k)
-        if add_months(datetime.combine(day, time()), d.months).date() <= base.date():
-            best = day
-    shifted = add_months(datetime.combine(best, time()), d.months).date()
-    if shifted == base.date():
-        cutoff = datetime.combine(best, base.time())
+    year, month, days = _month_before(base, d.months)
+    if base.day > days:  # the whole month is due, its last day included
+        cutoff = datetime.combine(date(year, month, days), time.max)
     else:
-        cutoff = datetime.combine(best, time.max)
-    cutoff = cutoff.replace(tzinfo=base.tzinfo, fold=base.fold)
-    return cutoff
+        day = days if _is_last_day(base) else base.day  # later days clamp to base's day
+        cutoff = datetime.combine(date(year, month, day), base.time())
+    return cutoff.replace(tzinfo=base.tzinfo, fold=base.fold)
+
+
+def due_gaps(now: datetime, d: Duration) -> tuple[tuple[datetime, datetime], ...]:
+    """The clocks before :func:`due_cutoff` that are not due yet, as open intervals ``(lo, hi)``.
+
+    ``add(c, d) <= now`` holds exactly when ``c <= due_cutoff(now, d)`` and ``c`` is in none of
+    these. They exist only when ``now - d.seconds`` falls on the last day of a month that is
+    shorter than the month ``d.months`` earlier: the days of that month from the clamped day on
+    are due up to ``now``'s time of day only.
+    """
+    base = now - timedelta(seconds=d.seconds)
+    if d.months == 0 or not _is_last_day(base) or base.time() == time.max:
+        return ()
+    year, month, days = _month_before(base, d.months)
+    return tuple(
+        (datetime.combine(date(year, month, day), base.time(), tzinfo=base.tzinfo),
+         datetime.combine(date(year, month, day) + timedelta(days=1), time(),
+                          tzinfo=base.tzinfo))
+        for day in range(base.day, days))
+
+
+def _month_before(value: datetime, months: int) -> tuple[int, int, int]:
+    """Year, month and number of days of the month ``months`` before ``value``'s month."""
+    year, month0 = divmod(value.year * 12 + value.month - 1 - months, 12)
+    return year, month0 + 1, calendar.monthrange(year, month0 + 1)[1]
+
+
+def _is_last_day(value: datetime) -> bool:
+    return value.day == calendar.monthrange(value.year, value.month)[1]
 
 
 def never_longer(short: Duration, long: Duration) -> bool:
-    """True when ``start + short <= start + long`` for every start (checked over 400 years'
-    worth of month-end and leap-year cases)."""
+    """True when ``start + short <= start + long`` for every start.
+
+    Exact: the Gregorian calendar repeats every 400 years (146097 days), so the smallest gap
+    between ``start + long.months`` and ``start + short.months`` over every start is found by
+    trying each month of one cycle; within a month only day 1 and days 29-31 differ (no
+    clamping happens below day 29)."""
     if short.months == long.months:
         return short.seconds <= long.seconds
     if short.months <= long.months and short.seconds <= long.seconds:
         return True
-    for start in _probe_dates():
-        if add(start, short) > add(start, long):
-            return False
-    return True
+    return short.seconds - long.seconds <= _min_month_gap(short.months, long.months)
 
 
-def _probe_dates() -> list[datetime]:
-    out = []
-    for year in (1999, 2000, 2023, 2024):
-        day = datetime(year, 1, 1)
-        while day.year == year:
-            out.append(day)
-            day += timedelta(days=1)
-    return out
+@cache
+def _min_month_gap(short_months: int, long_months: int) -> int:
+    """Smallest ``add_months(s, long_months) - add_months(s, short_months)`` over every start
+    ``s``, in seconds."""
+    firsts, lengths = _month_table()
+    return 86400 * min(
+        firsts[i + long_months] + min(day, lengths[i + long_months])
+        - firsts[i + short_months] - min(day, lengths[i + short_months])
+        for i in range(_CYCLE_MONTHS) for day in (1, 29, 30, 31) if day <= lengths[i])
+
+
+_CYCLE_MONTHS = 400 * 12
+
+
+@cache
+def _month_table() -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Day ordinal of the 1st and length of each month from 2000-01 on, one 400-year cycle
+    plus the longest duration."""
+    firsts, lengths = [], []
+    for index in range(2000 * 12, 2000 * 12 + _CYCLE_MONTHS + MAX_MONTHS + 1):
+        year, month = divmod(index, 12)
+        firsts.append(date(year, month + 1, 1).toordinal())
+        lengths.append(calendar.monthrange(year, month + 1)[1])
+    return tuple(firsts), tuple(lengths)
 
 
 def zone(name: str) -> ZoneInfo:

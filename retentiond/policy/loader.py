@@ -6,8 +6,11 @@ path of the offending key (``rules[2].keep_for: ...``).
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
+from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +19,10 @@ from pydantic import ValidationError
 
 from retentiond.errors import PolicyError
 from retentiond.policy.checks import cross_check
-from retentiond.policy.model import Policy
+from retentiond.policy.model import STRATEGY_NAMES, Policy, known_keys
 
 _ENV = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+Problem = tuple[str, str]
 
 
 def load_policy(path: str | Path) -> Policy:
@@ -26,73 +30,110 @@ def load_policy(path: str | Path) -> Policy:
     try:
         raw_bytes = path.read_bytes()
     except OSError as exc:
-        raise PolicyError([(str(path), f"cannot read policy file: {exc.strerror}")]) from None
+        raise PolicyError([(str(path), f"cannot read policy file: {exc.strerror}; pass "
+                            "--config PATH or set $RETENTIOND_CONFIG")]) from None
     return parse_policy(raw_bytes, path)
 
 
 def parse_policy(raw_bytes: bytes, path: Path | None = None) -> Policy:
-    where = str(path) if path else "<policy>"
-    try:
-        data = yaml.safe_load(raw_bytes)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        loc = f"{where}:{mark.line + 1}:{mark.column + 1}" if mark else where
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise PolicyError([(loc, f"YAML syntax error: {problem}")]) from None
-    if not isinstance(data, dict):
-        raise PolicyError([(where, "the policy file must be a YAML mapping")])
-    problems: list[tuple[str, str]] = []
-    data = _interpolate(data, "", problems)
-    _anchor_sqlite_paths(data, path.parent if path else Path.cwd())
-    if problems:
-        raise PolicyError(problems)
+    data = _read_yaml(raw_bytes, str(path) if path else "<policy>")
+    unset: list[Problem] = []
+    data = _interpolate(data, "", unset)
+    _anchor_paths(data, path.parent if path else Path.cwd())
+    policy, problems = None, []
     try:
         policy = Policy.model_validate(data)
     except ValidationError as exc:
-        problems.extend(_pydantic_problems(exc))
-        problems.extend(cross_check(None, data))
-        raise PolicyError(problems) from None
-    problems.extend(cross_check(policy, data))
-    if problems:
+        problems = pydantic_problems(exc)
+    problems += cross_check(policy, data)
+    problems = unset + [p for p in problems if not _under_any(p[0], unset)]
+    if problems or policy is None:
         raise PolicyError(problems)
     return policy.with_origin(path, raw_bytes)
 
 
-def _interpolate(value: Any, path: str, problems: list[tuple[str, str]]) -> Any:
+# -- YAML -------------------------------------------------------------------------------------
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (YAML would keep the last one
+    silently, so ``dispose_after`` written twice would quietly change the policy)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, str | int) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first on line {seen[key] + 1}); "
+                    "remove one of them", key_node.start_mark)
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+def _read_yaml(raw_bytes: bytes, where: str) -> dict[str, Any]:
+    try:
+        data = yaml.load(raw_bytes, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        loc = f"{where}:{mark.line + 1}:{mark.column + 1}" if mark else where
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        kind = "YAML error" if isinstance(exc, yaml.constructor.ConstructorError) else (
+            "YAML syntax error")
+        raise PolicyError([(loc, f"{kind}: {problem}")]) from None
+    if not isinstance(data, dict):
+        got = "an empty file" if data is None else f"a {type(data).__name__}"
+        raise PolicyError([(where, f"the policy file must be a YAML mapping (version: 1, "
+                            f"stores: ..., rules: ...), got {got}")])
+    return data
+
+
+# -- ${ENV} interpolation ---------------------------------------------------------------------
+def _interpolate(value: Any, path: str, unset: list[Problem]) -> Any:
+    """Replace ``${NAME}`` and ``${NAME:-default}`` in every string value; ``$$`` is a ``$``.
+    An unset variable without a default is a problem; its text is left in place so the rest of
+    the file is still validated."""
     if isinstance(value, str):
-        def sub(m: re.Match[str]) -> str:
-            if m.group(0) == "$$":
-                return "$"
-            name, default = m.group(1), m.group(2)
-            if name in os.environ:
-                return os.environ[name]
-            if default is not None:
-                return default
-            problems.append((path, f"environment variable {name} is not set"))
-            return ""
-        return _ENV.sub(sub, value)
+        return _ENV.sub(lambda m: _expand(m, path, unset), value)
     if isinstance(value, dict):
-        return {k: _interpolate(v, _join(path, k), problems) for k, v in value.items()}
+        return {k: _interpolate(v, _join(path, k), unset) for k, v in value.items()}
     if isinstance(value, list):
-        return [_interpolate(v, f"{path}[{i}]", problems) for i, v in enumerate(value)]
+        return [_interpolate(v, f"{path}[{i}]", unset) for i, v in enumerate(value)]
     return value
+
+
+def _expand(m: re.Match[str], path: str, unset: list[Problem]) -> str:
+    if m.group(0) == "$$":
+        return "$"
+    name, default = m.group(1), m.group(2)
+    if name in os.environ:
+        return os.environ[name]
+    if default is not None:
+        return default
+    unset.append((path, f"environment variable {name} is not set; set it, or give a default "
+                  f"with ${{{name}:-VALUE}}"))
+    return m.group(0)
 
 
 def _join(path: str, key: Any) -> str:
     return f"{path}.{key}" if path else str(key)
 
 
-def _anchor_sqlite_paths(data: dict[str, Any], base: Path) -> None:
+def _under_any(path: str, unset: list[Problem]) -> bool:
+    """A problem at (or inside) a value whose variable is unset is a consequence, not news."""
+    return any(path == p or path.startswith((f"{p}.", f"{p}[")) for p, _ in unset)
+
+
+# -- relative paths ---------------------------------------------------------------------------
+def _anchor_paths(data: dict[str, Any], base: Path) -> None:
     """Relative SQLite paths, file roots and key files are relative to the policy file, not to
     the working directory."""
-    data["state"] = _anchor(data.get("state"), base)
+    if "state" in data:
+        data["state"] = _anchor(data["state"], base)
     stores = data.get("stores")
-    if isinstance(stores, dict):
-        for store in stores.values():
-            if isinstance(store, dict) and "url" in store:
-                store["url"] = _anchor(store["url"], base)
-            if isinstance(store, dict) and isinstance(store.get("root"), str):
-                store["root"] = str((base / store["root"]).resolve())
+    for store in stores.values() if isinstance(stores, dict) else ():
+        if isinstance(store, dict) and "url" in store:
+            store["url"] = _anchor(store["url"], base)
+        if isinstance(store, dict) and isinstance(store.get("root"), str):
+            store["root"] = str((base / store["root"]).resolve())
     for key in ("secret_key", "signing_key"):
         ref = data.get(key)
         if isinstance(ref, dict) and isinstance(ref.get("file"), str):
@@ -108,27 +149,88 @@ def _anchor(url: Any, base: Path) -> Any:
     return f"{m.group(1)}{(base / m.group(2)).resolve()}{m.group(3) or ''}"
 
 
-def _pydantic_problems(exc: ValidationError) -> list[tuple[str, str]]:
-    out = []
+# -- pydantic errors in the words of the policy file ------------------------------------------
+_TYPE_NAMES = {str: "a string", int: "a number", float: "a number", bool: "true or false",
+               dict: "a mapping", list: "a list", type(None): "nothing (null)"}
+_EXPECTED = {"string_type": "a string", "int_type": "a whole number",
+             "int_parsing": "a whole number", "int_from_float": "a whole number",
+             "float_type": "a number", "float_parsing": "a number", "bool_type": "true or false",
+             "bool_parsing": "true or false", "dict_type": "a mapping", "model_type": "a mapping",
+             "model_attributes_type": "a mapping", "list_type": "a list",
+             "tuple_type": "a list", "literal_error": None}
+
+
+def pydantic_problems(exc: ValidationError) -> list[Problem]:
+    """One line per offending key, without pydantic's internal names (union members,
+    validator names) and with the fix in words."""
+    by_loc: dict[str, list[Any]] = defaultdict(list)
     for err in exc.errors(include_url=False):
-        loc = list(err["loc"])
-        msg = err["msg"]
-        if err["type"] == "extra_forbidden":
-            msg = "unknown key"
-        elif err["type"] == "missing":
-            msg = "required key is missing"
-        elif err["type"] == "union_tag_invalid":
-            msg = f"unknown strategy {err['input'].get('strategy')!r}" if isinstance(
-                err.get("input"), dict) else msg
-        msg = msg.removeprefix("Value error, ")
-        out.append((format_loc(_drop_union_noise(loc)), msg))
+        by_loc[format_loc(_drop_union_noise(list(err["loc"])))].append(err)
+    out: list[Problem] = []
+    for loc, errs in by_loc.items():
+        meaningful = [e for e in errs if e["type"] not in _EXPECTED] or errs
+        if len(meaningful) > 1 and all(e["type"] in _EXPECTED for e in meaningful):
+            out.append((loc, _wrong_type(meaningful)))
+            continue
+        out += [(loc, _message(e)) for e in meaningful]
     return out
 
 
+def _wrong_type(errs: list[Any]) -> str:
+    wanted = list(dict.fromkeys(_EXPECTED[e["type"]] or _literal(e) for e in errs))
+    return f"expected {' or '.join(wanted)}, got {_describe(errs[0]['input'])}"
+
+
+_STRATEGIES = ", ".join(STRATEGY_NAMES)
+_MESSAGES: dict[str, Callable[[Any], str]] = {
+    "extra_forbidden": lambda e: "unknown key" + _did_you_mean(e["loc"][-1]),
+    "missing": lambda e: "required key is missing",
+    "literal_error": lambda e: f"{e['input']!r} is not allowed; use {_literal(e)}",
+    "union_tag_invalid": lambda e: f"unknown strategy {e['ctx']['tag']!r}; use one of "
+                                   f"{_STRATEGIES}",
+    "union_tag_not_found": lambda e: f"strategy is missing; use one of {_STRATEGIES}",
+}
+
+
+def _message(err: Any) -> str:
+    kind = err["type"]
+    if kind in _MESSAGES:
+        return _MESSAGES[kind](err)
+    if kind in _EXPECTED:
+        return f"expected {_EXPECTED[kind]}, got {_describe(err['input'])}"
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    if msg.startswith("Input should be"):
+        return f"{msg.replace('Input should be', 'must be', 1)}, got {_describe(err['input'])}"
+    return msg
+
+
+def _literal(err: Any) -> str:
+    return str((err.get("ctx") or {}).get("expected", "")).replace("'", '"') or "a listed value"
+
+
+def _describe(value: Any) -> str:
+    kind = _TYPE_NAMES.get(type(value), type(value).__name__)
+    if isinstance(value, str | int | float | bool):
+        return f"{kind} {value!r}" if not isinstance(value, bool) else repr(value).lower()
+    return kind
+
+
+def _did_you_mean(key: Any) -> str:
+    others = [k for k in known_keys() if k != key]  # a known key in the wrong place
+    close = difflib.get_close_matches(str(key), others, n=1, cutoff=0.75)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def _drop_union_noise(loc: list[Any]) -> list[Any]:
-    noise = {"str", "SecretRef", "function-after[check_identifier(), str]", "none"}
-    return [p for p in loc if not (isinstance(p, str) and (p in noise or p.startswith(
-        ("function-", "tagged-union", "nullable"))))]
+    """Drop the names pydantic gives union members and validators, the ``[key]`` marker of a
+    bad mapping key, and the strategy tag of ``anonymize.columns.<col>.<tag>``."""
+    noise = {"str", "SecretRef", "none", "[key]"}
+    out = [p for p in loc if not (isinstance(p, str) and (p in noise or p.startswith(
+        ("function-", "tagged-union", "nullable", "json-or-python"))))]
+    for i in range(len(out) - 1, 2, -1):
+        if out[i - 2] == "columns" and out[i - 3] == "anonymize":
+            del out[i]
+    return out
 
 
 def format_loc(loc: list[Any]) -> str:

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import stat
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -32,7 +33,9 @@ from pydantic import (
 from retentiond.policy.sqltext import check_identifier, check_where
 from retentiond.timeutil import Duration, parse_duration
 
-DURATION_PATTERN = r"^(\d+(h|d|w|mo|y)|P(\d+Y)?(\d+M)?(\d+W)?(\d+D)?(T(\d+H)?(\d+M)?(\d+S)?)?)$"
+# The same language as timeutil.parse_duration (tests/unit/test_policy.py checks they agree).
+DURATION_PATTERN = (r"^([0-9]+(h|d|w|mo|y)|P(?!$)([0-9]+Y)?([0-9]+M)?([0-9]+W)?([0-9]+D)?"
+                    r"(T(?=[0-9])([0-9]+H)?([0-9]+M)?([0-9]+S)?)?)$")
 
 DurationField = Annotated[
     Duration,
@@ -43,8 +46,34 @@ DurationField = Annotated[
 ]
 Identifier = Annotated[str, AfterValidator(check_identifier)]
 TableName = Annotated[str, AfterValidator(lambda v: check_identifier(v, qualified=True))]
-RuleId = Annotated[str, Field(pattern=r"^[a-z0-9-]+$", min_length=1, max_length=64)]
 Action = Literal["delete", "anonymize", "isolate"]
+
+
+def _matching(pattern: str, what: str) -> Callable[[str], str]:
+    """A validator saying in words what a name must look like, instead of echoing a regex."""
+    regex = re.compile(pattern)
+
+    def check(value: str) -> str:
+        if not regex.fullmatch(value):
+            raise ValueError(f"{value!r} is not {what}")
+        return value
+    return check
+
+
+def _name(pattern: str, what: str) -> Any:
+    return (AfterValidator(_matching(pattern, what)),
+            WithJsonSchema({"type": "string", "pattern": f"^{pattern}$"}))
+
+
+RuleId = Annotated[str, *_name(r"[a-z0-9-]{1,64}", "a valid rule id: use 1-64 lowercase letters, "
+                               "digits and '-', like closed-accounts")]
+StoreName = Annotated[str, *_name(r"[A-Za-z0-9_-]{1,64}", "a valid store name: use letters, "
+                                  "digits, '_' and '-'")]
+AdapterName = Annotated[str, *_name(r"[a-z][a-z0-9_-]*", "a valid adapter name: use a "
+                                    "registered adapter such as sql")]
+SubjectKind = Annotated[str, *_name(r"[a-z0-9_-]+", "a valid subject kind: use lowercase "
+                                    "letters, digits, '_' and '-', like user")]
+ProviderName = Annotated[str, *_name(r"[a-z_][a-z0-9_]*", "a Faker provider name like email")]
 
 
 class _Model(BaseModel):
@@ -67,6 +96,31 @@ class SecretRef(_Model):
         if sum(v is not None for v in (self.file, self.env, self.credential)) != 1:
             raise ValueError("give exactly one of file, env or credential")
         return self
+
+
+_SECRET_FORMS = "a string, {file: PATH}, {env: NAME} or {credential: NAME}"  # noqa: S105
+
+
+def _secret_source(value: Any) -> Any:
+    """Accept a string or a mapping with exactly one of file/env/credential, with one clear
+    message instead of one error per member of the ``str | SecretRef`` union."""
+    if value is None or isinstance(value, str | SecretRef):
+        return value
+    if not isinstance(value, Mapping):
+        raise ValueError(f"expected {_SECRET_FORMS}, got {type(value).__name__}")
+    unknown = sorted(set(value) - {"file", "env", "credential"}, key=str)
+    if unknown:
+        raise ValueError(f"unknown key {unknown[0]!r}; a secret is {_SECRET_FORMS}")
+    given = {k: v for k, v in value.items() if v is not None}
+    if len(given) != 1:
+        raise ValueError(f"give exactly one of file, env or credential ({_SECRET_FORMS})")
+    (kind, where), = given.items()
+    if not isinstance(where, str) or not where:
+        raise ValueError(f"{kind} must be a non-empty string")
+    if kind == "credential" and ("/" in where or where in (".", "..")):
+        raise ValueError(f"credential {where!r} must be a plain name inside "
+                         "$CREDENTIALS_DIRECTORY, without '/'")
+    return SecretRef(**{kind: where})
 
 
 def read_secret(value: str | SecretRef) -> bytes:
@@ -106,9 +160,12 @@ def _resolve_optional(value: str | SecretRef | None) -> SecretBytes | None:
     return None if value is None else SecretBytes(read_secret(value))
 
 
-SecretKey = Annotated[str | SecretRef, AfterValidator(_resolve_secret_key)]
-OptionalSecret = Annotated[str | SecretRef | None, AfterValidator(_resolve_optional)]
-SecretString = Annotated[str | SecretRef, AfterValidator(lambda v: read_secret(v).decode())]
+SecretKey = Annotated[str | SecretRef, BeforeValidator(_secret_source),
+                     AfterValidator(_resolve_secret_key)]
+OptionalSecret = Annotated[str | SecretRef | None, BeforeValidator(_secret_source),
+                           AfterValidator(_resolve_optional)]
+SecretString = Annotated[str | SecretRef, BeforeValidator(_secret_source),
+                         AfterValidator(lambda v: read_secret(v).decode())]
 
 
 # --- match conditions -----------------------------------------------------------------------
@@ -130,7 +187,9 @@ def _condition(v: Any) -> Condition:
         return v
     if isinstance(v, Mapping):
         if len(v) != 1 or next(iter(v)) not in _CONDITION_OPS:
-            raise ValueError(f"a condition is a value or one of {sorted(_CONDITION_OPS)}")
+            raise ValueError(f"unknown condition {dict(v)!r}; use a value or exactly one of "
+                             "{in: [...]}, {is_null: true|false}, {older_than: DURATION}, "
+                             "{newer_than: DURATION}")
         op, arg = next(iter(v.items()))
         if op == "in":
             if not isinstance(arg, list) or not arg or not all(_is_scalar(x) for x in arg):
@@ -175,9 +234,15 @@ class DefaultStrategy(_Model):
     strategy: Literal["default"]
 
 
+def _scalar(value: Any) -> Any:
+    if not _is_scalar(value):
+        raise ValueError("value must be a string, a number or true/false")
+    return value
+
+
 class ConstantStrategy(_Model):
     strategy: Literal["constant"]
-    value: str | int | float | bool
+    value: Annotated[str | int | float | bool, BeforeValidator(_scalar)]
 
 
 class MaskStrategy(_Model):
@@ -197,7 +262,7 @@ class HmacStrategy(_Model):
 
 class FakeStrategy(_Model):
     strategy: Literal["fake"]
-    provider: str = Field(pattern=r"^[a-z_][a-z0-9_]*$")
+    provider: ProviderName
     locale: str | None = None
     deterministic: bool = False
 
@@ -219,6 +284,9 @@ Strategy = Annotated[
 ]
 
 
+STRATEGY_NAMES = ("null", "default", "constant", "mask", "hmac", "fake", "truncate_date", "round")
+
+
 class AnonymizeOptions(_Model):
     marker: Identifier
     columns: dict[Identifier, Strategy] = Field(min_length=1)
@@ -237,7 +305,7 @@ class Backups(_Model):
 
 
 class Store(_Model):
-    adapter: str = Field(pattern=r"^[a-z][a-z0-9_-]*$")
+    adapter: AdapterName
     url: SecretString | None = None
     root: str | None = None
     bucket: str | None = None
@@ -257,7 +325,7 @@ class Rule(_Model):
     path: str | None = None
     key: Identifier | None = None
     subject: Identifier | None = None
-    subject_kind: str = Field("user", pattern=r"^[a-z0-9_-]+$")
+    subject_kind: SubjectKind = "user"
     clock: Identifier | None = None
     match: dict[Identifier, MatchCondition] = Field(default_factory=dict)
     where: Annotated[str, AfterValidator(check_where)] | None = None
@@ -292,7 +360,8 @@ def _zone(v: str) -> str:
     try:
         ZoneInfo(v)
     except (ZoneInfoNotFoundError, ValueError):
-        raise ValueError(f"unknown time zone {v!r}; use an IANA name like UTC or Europe/Berlin")
+        raise ValueError(f"unknown time zone {v!r}; use an IANA name like UTC or "
+                         "Europe/Berlin") from None
     return v
 
 
@@ -306,7 +375,7 @@ class Policy(_Model):
     batch_size: int = Field(5000, ge=1, le=100_000)
     requests: RequestOptions = Field(default_factory=RequestOptions)
     metrics: MetricsOptions | None = None
-    stores: dict[Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]+$")], Store]
+    stores: dict[StoreName, Store]
     rules: tuple[Rule, ...] = ()
 
     _path: Path | None = PrivateAttr(default=None)
@@ -335,3 +404,12 @@ class Policy(_Model):
         self._path = path
         self._digest = hashlib.sha256(raw).hexdigest()
         return self
+
+
+def known_keys() -> list[str]:
+    """Every key a policy file may use, for "did you mean" hints on unknown keys."""
+    models: list[type[BaseModel]] = [
+        Policy, Store, Backups, Rule, AnonymizeOptions, IsolateOptions, RequestOptions,
+        MetricsOptions, SecretRef, NullStrategy, DefaultStrategy, ConstantStrategy, MaskStrategy,
+        HmacStrategy, FakeStrategy, TruncateDateStrategy, RoundStrategy]
+    return sorted({f.alias or name for m in models for name, f in m.model_fields.items()})
