@@ -25,7 +25,7 @@ from zoneinfo import ZoneInfo
 
 from retentiond.adapters.base import Filter, Selection
 from retentiond.policy.model import Rule
-from retentiond.timeutil import add, due_cutoff, never_longer, subtract
+from retentiond.timeutil import add, due_cutoff, due_gaps, never_longer, subtract
 
 
 # -- what the planner knows -------------------------------------------------------------------
@@ -142,6 +142,8 @@ def _time_exclusions(rule: Rule, sit: Situation) -> tuple[Selection, ...]:
             out.append(_match(y, sit))
         elif y.keep_for is not None and y.clock:
             out.append(_match(y, sit, clock_after=due_cutoff(sit.local_now, y.keep_for)))
+            out += [_match(y, sit, clock_within=gap)
+                    for gap in due_gaps(sit.local_now, y.keep_for)]
         if y.dispose_after is not None and y.clock and earlier_due(y, rule, order):
             ysel = time_selection(y, sit.now, sit.tz)
             if ysel is not None:
@@ -160,8 +162,14 @@ def time_selection(rule: Rule, now: datetime, tz: ZoneInfo) -> Selection | None:
     if cutoff is None:
         return None
     at = local(now, tz)
+    filters = resolve_filters(rule, at)
+    # Month-end clamping leaves clocks before the cutoff that are not due yet: exclude them.
+    durations = [d for d in (rule.dispose_after, rule.keep_for) if d is not None]
+    gaps = tuple(Selection(rule=rule, action="match", reason="", tz=tz, now=at,
+                           clock_cutoff=None, filters=filters, clock_within=gap)
+                 for d in durations for gap in due_gaps(at, d))
     return Selection(rule=rule, action=rule.action, reason="schedule", tz=tz, now=at,
-                     clock_cutoff=cutoff, filters=resolve_filters(rule, at))
+                     clock_cutoff=cutoff, filters=filters, exclude=gaps)
 
 
 # -- the plan of one rule ---------------------------------------------------------------------
@@ -182,7 +190,7 @@ def plan_rule(rule: Rule, sit: Situation, *, time_based: bool = True) -> RulePla
     asked = sit.request_subjects(rule)
     erasure_excl = _erasure_exclusions(rule, sit)
     if base is not None:
-        base = replace(base, exclude=_time_exclusions(rule, sit))
+        base = replace(base, exclude=base.exclude + _time_exclusions(rule, sit))
     blanket = sit.holds.blanket(rule)
     erasures = tuple((q, _erasure(rule, q, sit, erasure_excl)) for q in requests)
     if blanket:

@@ -56,7 +56,8 @@ class Selection:
 
     * ``clock_cutoff`` is set and its clock is at or before it (time-based disposal), or it is
       None and ``subjects`` names its subject (erasure);
-    * its clock is after ``clock_after`` when that is set (used for floors);
+    * its clock is after ``clock_after`` when that is set (used for floors), and strictly
+      inside ``clock_within`` when that is set (the not-yet-due gaps of month-end clamping);
     * its subject is not in ``exclude_subjects`` (holds, subjects of open requests);
     * it is covered by none of the ``exclude`` selections (other rules' floors, holds and
       earlier due dates on the same table);
@@ -75,6 +76,7 @@ class Selection:
     subjects: tuple[str, ...] | None = None
     exclude_subjects: tuple[str, ...] = ()
     clock_after: datetime | None = None
+    clock_within: tuple[datetime, datetime] | None = None  # lo < clock < hi (due_gaps)
     exclude: tuple[Selection, ...] = ()
     purge_after: datetime | None = None  # isolate: when the isolated copy is purged
     unconditional: bool = False  # replay: dispose the given keys whatever the rule's filters

@@ -202,33 +202,17 @@ class SqlAdapter(SqlActions, Adapter):
     def predicate(self, sel: Selection, table: sa.Table) -> sa.ColumnElement[bool]:
         rule = sel.rule
         parts: list[sa.ColumnElement[bool]] = []
+        if sel.action == "anonymize" and rule.anonymize:
+            parts.append(table.c[rule.anonymize.marker].is_(None))
+        if rule.subject:
+            parts += _subject_parts(table.c[rule.subject], sel)
         if sel.unconditional:
-            if sel.action == "anonymize" and rule.anonymize:
-                parts.append(table.c[rule.anonymize.marker].is_(None))
-            if rule.subject and sel.exclude_subjects:
-                subject = table.c[rule.subject]
-                parts.append(sa.or_(subject.is_(None), subject.not_in(
-                    coerce(subject, sel.exclude_subjects))))
             return sa.and_(sa.true(), *parts)
-        if sel.clock_cutoff is not None:
-            clock = table.c[str(rule.clock)]
-            parts.append(clock <= bound(clock, sel.clock_cutoff))
-        if sel.clock_after is not None:
-            clock = table.c[str(rule.clock)]
-            parts.append(clock > bound(clock, sel.clock_after))
+        if rule.clock:
+            parts += _clock_parts(table.c[rule.clock], sel)
         parts += [filter_expr(table.c[f.column], f) for f in sel.filters]
         if rule.where:
             parts.append(where_text(rule.where))
-        if rule.subject:
-            subject = table.c[rule.subject]
-            if sel.subjects is not None:
-                parts.append(subject.in_(coerce(subject, sel.subjects)))
-            if sel.exclude_subjects:
-                held = coerce(subject, sel.exclude_subjects)
-                if held:
-                    parts.append(sa.or_(subject.is_(None), subject.not_in(held)))
-        if sel.action == "anonymize" and rule.anonymize:
-            parts.append(table.c[rule.anonymize.marker].is_(None))
         for other in sel.exclude:
             # CASE keeps NULL comparisons (a NULL clock) from turning NOT into "unknown".
             parts.append(sa.case((self.predicate(other, table), 1), else_=0) == 0)
@@ -293,7 +277,8 @@ class SqlAdapter(SqlActions, Adapter):
             cols.append(table.c[rule.clock] if rule.clock else sa.null())
             cols.append(sa.case((sa.and_(sa.true(), *self._match_only(rule, table, now)), 1),
                                 else_=0))
-            marker = rule.anonymize.marker if rule.anonymize and rule.action == "anonymize" else None
+            anonymizes = rule.anonymize is not None and rule.action == "anonymize"
+            marker = rule.anonymize.marker if rule.anonymize and anonymizes else None
             cols.append(table.c[marker].is_not(None) if marker else sa.false())
         value = coerce(keycol, [key])
         if not value:
@@ -352,3 +337,25 @@ def sqlite_file(url: str) -> Path | None:
         return None
     path = url.split(":///", 1)[-1].split("?", 1)[0]
     return Path(path) if path and path != ":memory:" else None
+
+
+def _clock_parts(clock: sa.Column[Any], sel: Selection) -> list[sa.ColumnElement[bool]]:
+    parts = []
+    if sel.clock_cutoff is not None:
+        parts.append(clock <= bound(clock, sel.clock_cutoff))
+    if sel.clock_after is not None:
+        parts.append(clock > bound(clock, sel.clock_after))
+    if sel.clock_within is not None:
+        lo, hi = sel.clock_within
+        parts += [clock > bound(clock, lo), clock < bound(clock, hi)]
+    return parts
+
+
+def _subject_parts(subject: sa.Column[Any], sel: Selection) -> list[sa.ColumnElement[bool]]:
+    parts = []
+    if sel.subjects is not None and not sel.unconditional:
+        parts.append(subject.in_(coerce(subject, sel.subjects)))
+    held = coerce(subject, sel.exclude_subjects) if sel.exclude_subjects else []
+    if held:
+        parts.append(sa.or_(subject.is_(None), subject.not_in(held)))
+    return parts

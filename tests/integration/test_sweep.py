@@ -209,11 +209,6 @@ def test_as_of_boundaries_are_exact(store_db: Any, ws: Any) -> None:
             rule_counts(leap, due=due_leap, null_clock=2)], as_of
 
 
-@pytest.mark.xfail(strict=True, reason="timeutil.due_cutoff assumes clock + d is monotonic; "
-                   "with month-end clamping it is not (2024-02-28 12:00 + 1y = 2025-02-28 "
-                   "12:00 but 2024-02-29 06:00 + 1y = 2025-02-28 06:00), so the single "
-                   "cutoff 2024-02-29 11:59:59 disposes Feb 28 afternoon records before "
-                   "their keep_for floor ends")
 def test_keep_for_floor_holds_on_the_day_before_a_clamped_leap_day(sqlite_db: Any,
                                                                    ws: Any) -> None:
     _, leap = _two_rule_store(sqlite_db, ws, [], [
