@@ -14,6 +14,7 @@ current values.
     retentiond_holds_active                    legal holds in force
     retentiond_lease_held                      1 on the replica that may sweep
     retentiond_state_up                        0 when the state database could not be read
+    process_*                                  the process's CPU, memory and file descriptors
 """
 
 from __future__ import annotations
@@ -22,7 +23,13 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any, cast
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    ProcessCollector,
+    start_http_server,
+)
 from prometheus_client.core import GaugeMetricFamily
 from sqlalchemy import Table, func, select
 from sqlalchemy.engine import Engine
@@ -88,6 +95,7 @@ class Metrics:
         self.lease_held = Gauge("retentiond_lease_held", "1 if this replica may sweep",
                                 registry=self.registry)
         self.registry.register(StateCollector(engine))
+        ProcessCollector(registry=self.registry)  # process_resident_memory_bytes and friends
         self._server: Any = None
         self._options: MetricsOptions | None = None
         self._lock = threading.Lock()

@@ -82,6 +82,13 @@ def _show(doc: dict[str, Any]) -> None:
     output.line(f"requests: {req['open']} open, {req['overdue']} overdue{overdue}")
     output.line(f"holds: {doc['holds']['active']} active")
     output.line(f"ledger head: seq {doc['ledger']['seq']}, hash {doc['ledger']['hash']}")
-    held = doc["lease"]
-    output.line(f"lease: held by {held['holder']} until {(held['expires_at'] or '-')[:19]}"
-                if held else "lease: free (no daemon is sweeping)")
+    output.line(_lease_line(doc["lease"]))
+
+
+def _lease_line(held: dict[str, Any] | None) -> str:
+    if held is None:
+        return "lease: free (no daemon is sweeping)"
+    until = held["expires_at"] or ""
+    stale = until < datetime.now(UTC).isoformat()
+    return (f"lease: held by {held['holder']} until {until[:19]}"
+            + (" (expired: its holder stopped renewing)" if stale else ""))

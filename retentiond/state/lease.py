@@ -43,7 +43,8 @@ NAME = "sweep"
 @dataclass(frozen=True)
 class Timings:
     """``ttl``: how long an unrenewed lease stays with its holder; ``renew``: how often every
-    replica renews or tries to take the lease. Takeover happens within ``ttl + renew``."""
+    replica renews or tries to take the lease. A dead holder is replaced within
+    ``ttl + 2 * renew`` of its last renewal."""
 
     ttl: float = 30.0
     renew: float = 10.0

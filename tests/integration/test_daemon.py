@@ -319,6 +319,7 @@ def test_notify_watchdog_reload_requests_metrics(ws: Any) -> None:
         assert metrics[("retentiond_holds_active", ())] == 1.0
         assert metrics[("retentiond_lease_held", ())] == 1.0
         assert metrics[("retentiond_state_up", ())] == 1.0
+        assert metrics[("process_resident_memory_bytes", ())] > 10_000_000
         finished = select_all(ws.state_url, "select finished_at from runs where status = 'ok' "
                               "order by finished_at desc limit 1")[0][0]
         last_ok = datetime.fromisoformat(str(finished)).replace(tzinfo=UTC).timestamp()
