@@ -109,8 +109,8 @@ class Executor:
         is committed to the state database after the store has picked the batch and before
         the store commits, so a crash at any point is reconciled exactly as in the slow path.
         None when the adapter has no fast path."""
-        adapter = self.adapters[sel.rule.store]
-        ref_of = self.refs.record_fn(sel.rule.store, sel.rule.target)
+        rule = sel.rule
+        adapter = self.adapters[rule.store]
         after: Any = None
         done = 0
         while True:
@@ -122,7 +122,7 @@ class Executor:
 
             def intent(keys: list[Any], current: Selection = current,
                        written: dict[str, Any] = written) -> None:
-                written["refs"] = [ref_of(k) for k in keys]
+                written["refs"] = self.refs.records(rule.store, rule.target, keys)
                 written["id"] = self._intent(current, written["refs"])
 
             try:

@@ -21,7 +21,7 @@ from retentiond import planner
 from retentiond.adapters.base import Adapter, Selection
 from retentiond.app import App
 from retentiond.audit import checkpoint, ledger
-from retentiond.errors import RetentiondError, StoreUnreachable, UsageError
+from retentiond.errors import RetentiondError, StoreError, StoreUnreachable, UsageError
 from retentiond.executor import Executor, RuleResult
 from retentiond.log import get_logger
 from retentiond.policy.model import Rule
@@ -136,7 +136,9 @@ def _sweep_rule(app: App, plan: planner.RulePlan, result: RuleResult,
         else:
             planned.append((q, sel, n))
     if plan.time is not None:
-        planned.append((None, plan.time, adapter.count(plan.time)))
+        # A real sweep reports what it disposed (due = done + failed); counting first would
+        # cost a full pass over the due records for nothing.
+        planned.append((None, plan.time, adapter.count(plan.time) if executor is None else 0))
     result.due = sum(n for _, _, n in planned)
     isolates = "isolate" in (rule.action, rule.on_erasure) and plan.hold is None
     if executor is None:
@@ -159,22 +161,33 @@ def _execute(adapter: Adapter, planned: list[tuple[planner.OpenRequest | None, S
     if rule is None:
         return
     executor.adapters[rule.store] = adapter
+    current: Selection | None = None
     try:
-        for q, sel, n in planned:
+        for q, sel, _ in planned:
+            current = sel
             executor.stopped_by_hold = False
             done = executor.execute(sel, result)
             if executor.stopped_by_hold:
-                result.held += max(n - done, 0)
+                result.held += adapter.count(sel)  # what the new hold now protects
                 if q is not None:
                     tracker.blocked(q, rule)
             if q is not None:
                 tracker.disposed(q, rule, done)
             if executor.stopped:
                 break
+    except StoreError:
+        result.failed = max(result.failed, _left(adapter, current))
+        raise
     finally:
-        if result.failed:
-            result.failed = max(result.failed, result.due - result.done)
         result.due = result.done + result.failed
+
+
+def _left(adapter: Adapter, sel: Selection | None) -> int:
+    """How many records a failed selection left undisposed (0 if the store cannot say)."""
+    try:
+        return adapter.count(sel) if sel is not None else 0
+    except StoreError:
+        return 0
 
 
 def _strategies(rule: Rule) -> dict[str, str] | None:
