@@ -134,11 +134,14 @@ def _match(rule: Rule, sit: Situation, **kw: Any) -> Selection:
                      clock_cutoff=None, filters=resolve_filters(rule, at), **kw)
 
 
-def _time_exclusions(rule: Rule, sit: Situation) -> tuple[Selection, ...]:
+def _time_exclusions(rule: Rule, sit: Situation, *, holds: bool = True
+                     ) -> tuple[Selection, ...]:
+    """What other rules of the table keep from ``rule``'s time selection: their floors,
+    earlier due dates and (``holds``) their blanket holds."""
     order = {r.id: i for i, r in enumerate(sit.rules)}
     out: list[Selection] = []
     for y in overlapping(rule, sit.rules):
-        if sit.holds.blanket(y):
+        if holds and sit.holds.blanket(y):
             out.append(_match(y, sit))
         elif y.keep_for is not None and y.clock:
             out.append(_match(y, sit, clock_after=due_cutoff(sit.local_now, y.keep_for)))
@@ -152,8 +155,15 @@ def _time_exclusions(rule: Rule, sit: Situation) -> tuple[Selection, ...]:
 
 
 def _erasure_exclusions(rule: Rule, sit: Situation) -> tuple[Selection, ...]:
+    """What other rules of the table keep from ``rule``'s erasures: a legal obligation, a hold
+    on them, or an earlier rule that removes the record for the same request first."""
+    order = {r.id: i for i, r in enumerate(sit.rules)}
     return tuple(_match(y, sit) for y in overlapping(rule, sit.rules)
-                 if y.on_erasure == "keep" or sit.holds.blanket(y))
+                 if y.on_erasure == "keep" or sit.holds.blanket(y) or (
+                     y.subject and y.subject == rule.subject
+                     and y.subject_kind == rule.subject_kind
+                     and y.erasure_action in ("delete", "isolate")
+                     and order[y.id] < order[rule.id]))
 
 
 def time_selection(rule: Rule, now: datetime, tz: ZoneInfo) -> Selection | None:
@@ -189,12 +199,17 @@ def plan_rule(rule: Rule, sit: Situation, *, time_based: bool = True) -> RulePla
     held_subjects = sit.held_subjects(rule)
     asked = sit.request_subjects(rule)
     erasure_excl = _erasure_exclusions(rule, sit)
+    held_base = None
     if base is not None:
+        # Under a hold on this rule, records another held rule also covers are held too.
+        held_base = replace(base, exclude=base.exclude + _time_exclusions(rule, sit,
+                                                                          holds=False))
         base = replace(base, exclude=base.exclude + _time_exclusions(rule, sit))
     blanket = sit.holds.blanket(rule)
     erasures = tuple((q, _erasure(rule, q, sit, erasure_excl)) for q in requests)
     if blanket:
-        held = ((replace(base, exclude_subjects=tuple(sorted(asked))),) if base else ())
+        held = ((replace(held_base, exclude_subjects=tuple(sorted(asked))),)
+                if held_base is not None else ())
         return RulePlan(rule, blanket, None, (), held + tuple(s for _, s in erasures),
                         tuple(requests))
     held_list: list[Selection] = []

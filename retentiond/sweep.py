@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -167,6 +167,7 @@ def _execute(adapter: Adapter, planned: list[tuple[planner.OpenRequest | None, S
             current = sel
             executor.stopped_by_hold = False
             done = executor.execute(sel, result)
+            result.held += _held_since(adapter, executor, sel)
             if executor.stopped_by_hold:
                 result.held += adapter.count(sel)  # what the new hold now protects
                 if q is not None:
@@ -180,6 +181,18 @@ def _execute(adapter: Adapter, planned: list[tuple[planner.OpenRequest | None, S
         raise
     finally:
         result.due = result.done + result.failed
+
+
+def _held_since(adapter: Adapter, executor: Executor, sel: Selection) -> int:
+    """Records of the selection left alone because their subject was put on hold while the
+    sweep ran; they count as held (SPEC 3.2)."""
+    if sel.subjects is not None:
+        return 0  # an erasure stopped by a hold is counted by the caller
+    current = executor.refresh(sel)
+    if current is None:
+        return 0
+    late = sorted(set(current.exclude_subjects) - set(sel.exclude_subjects))
+    return adapter.count(replace(sel, subjects=tuple(late), exclude_subjects=())) if late else 0
 
 
 def _left(adapter: Adapter, sel: Selection | None) -> int:

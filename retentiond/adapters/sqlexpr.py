@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -90,8 +91,12 @@ def filter_expr(column: sa.Column[Any], f: Filter) -> sa.ColumnElement[bool]:
     return ops[f.op]()
 
 
+_CANONICAL_INT = re.compile(r"-?(0|[1-9][0-9]*)")
+
+
 def coerce(column: sa.Column[Any], values: Sequence[str]) -> list[Any]:
     """Subject ids arrive as text (CLI, state database); bind them in the column's type."""
     if isinstance(column.type, sa.Integer):
-        return [int(v) for v in values if str(v).lstrip("-").isdigit()]
+        # Only the canonical form: "007" is not subject 7 (the planner compares text).
+        return [int(v) for v in values if _CANONICAL_INT.fullmatch(str(v))]
     return [str(v) for v in values]

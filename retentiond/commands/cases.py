@@ -74,6 +74,10 @@ def hold_add(app: App, subject: str | None, kind: str, rule: str | None, store: 
         raise UsageError(f"--rule {rule}: no such rule")
     if store is not None and store not in policy.stores:
         raise UsageError(f"--store {store}: no such store")
+    kinds = sorted({r.subject_kind for r in policy.rules if r.subject})
+    if subject is not None and kind not in kinds:
+        raise UsageError(f"--kind {kind}: no rule has subject_kind {kind!r} "
+                         f"(kinds: {', '.join(kinds) or 'none'})")
     scope = "subject" if subject is not None else "rule" if rule is not None else "store"
     hold_id = cases.add_hold(app.state, _refs(app), scope=scope, reason=reason, ref=ref,
                              subject=subject, kind=kind, rule=rule, store=store)

@@ -254,9 +254,6 @@ def test_explain_unknown_key_or_rule_is_a_usage_error(world: World) -> None:
     assert "no-such-rule" in line
 
 
-@pytest.mark.xfail(strict=True, reason="sqlexpr.coerce binds subject '03100001' as the integer "
-                   "3100001, so the sweep holds subject 3100001's records, while planner.decide "
-                   "compares text and explain says they are disposed")
 def test_explain_agrees_with_the_sweep_on_a_zero_padded_subject(world: World) -> None:
     hold = ok(world.ws.cli("hold", "add", "--subject", f"0{U1}", "--reason", "typo",
                            "--json"))["id"]

@@ -275,7 +275,7 @@ def test_store_hold_disposes_nothing_and_rule_hold_beats_requests(market: sa.Eng
                                                                "status": "active"}
     run = ok(ws.cli("run", "--json"))
     # Nothing in the store is disposed; every due message and invoice is counted held.
-    # (closed-accounts' held count is checked by the xfail test below.)
+    # (closed-accounts' held count is checked by the test below.)
     assert [(r, due, done, failed) for r, due, _, _, done, failed, _ in counts(run)] == [
         ("closed-accounts", 0, 0, 0), ("accounts", 0, 0, 0), ("old-messages", 0, 0, 0),
         ("invoices", 0, 0, 0)]
@@ -311,10 +311,6 @@ def test_store_hold_disposes_nothing_and_rule_hold_beats_requests(market: sa.Eng
         (rule_hold["id"], "rule", "old-messages", None, None, "active")]
 
 
-@pytest.mark.xfail(strict=True, reason="planner.plan_rule: a held rule counts its held records "
-                   "with the time selection that excludes records matching another held rule "
-                   "of the same table, so under a store hold closed-accounts (overlapping the "
-                   "held accounts rule) counts 0 held instead of 2")
 def test_store_hold_counts_every_due_record_held(sqlite_db: Any, ws: Any) -> None:
     engine = sqlite_db.engine()
     build(engine, now_seconds())
@@ -470,10 +466,6 @@ def test_hold_placed_mid_sweep_protects_records_not_yet_disposed(mid_sweep: MidS
     assert ids(mid_sweep.engine, "messages") == {3, 5}
 
 
-@pytest.mark.xfail(strict=True, reason="the records of a subject held mid-sweep are left alone "
-                   "(skipped by the executor, or excluded by the refreshed selection) but never "
-                   "counted: sweep._execute sets due = done, so they are neither due nor held "
-                   "(SPEC 3.2: counted held)")
 def test_hold_placed_mid_sweep_is_counted_held(mid_sweep: MidSweep) -> None:
     result = mid_sweep.sweep()
     assert ids(mid_sweep.engine, "messages") == {3, 5}
@@ -498,10 +490,6 @@ def test_hold_placed_mid_sweep_blocks_the_rest_of_an_erasure(mid_sweep: MidSweep
                                          mid_sweep.refs(6)]
 
 
-@pytest.mark.xfail(strict=True, reason="planner: erasure selections of overlapping rules do not "
-                   "exclude each other, so plan counts a closed account with an erasure request "
-                   "under both closed-accounts and accounts, while run disposes it once (under "
-                   "closed-accounts) and counts accounts 0")
 def test_plan_counts_a_record_two_rules_would_erase_once(sqlite_db: Any, ws: Any) -> None:
     engine = sqlite_db.engine()
     build(engine, now_seconds())
