@@ -123,7 +123,8 @@ class Executor:
             def intent(keys: list[Any], current: Selection = current,
                        written: dict[str, Any] = written) -> None:
                 written["refs"] = self.refs.records(rule.store, rule.target, keys)
-                written["id"] = self._intent(current, written["refs"])
+                written["json"] = ledger.refs_json(written["refs"])
+                written["id"] = self._intent(current, written["refs"], written["json"])
 
             try:
                 keys = adapter.delete_next(current, after, self.policy.batch_size, intent)
@@ -134,7 +135,7 @@ class Executor:
                 return None if done == 0 and after is None else done
             if not keys:
                 return done
-            self._record(current, written["id"], written["refs"])
+            self._record(current, written["id"], written["refs"], written["json"])
             done += len(keys)
             result.done += len(keys)
             after = keys[-1]
@@ -209,13 +210,13 @@ class Executor:
     def refresh(self, sel: Selection) -> Selection | None:
         return planner.reapply_holds(sel, read_holds(self.state))
 
-    def _intent(self, sel: Selection, refs: Sequence[str]) -> int:
+    def _intent(self, sel: Selection, refs: Sequence[str], encoded: str | None = None) -> int:
         rule = sel.rule
         with self.state.begin() as conn:
             res = conn.execute(insert(pending_t).values(
                 created_at=datetime.now(UTC), run_id=self.run_id, rule=rule.id,
                 store=rule.store, target=rule.target, action=sel.action, reason=sel.reason,
-                subject_ref=sel.subject_ref, record_refs=json.dumps(list(refs)),
+                subject_ref=sel.subject_ref, record_refs=encoded or ledger.refs_json(refs),
                 detail=json.dumps(sel.detail)))
             return int(res.inserted_primary_key[0])
 
@@ -228,7 +229,8 @@ class Executor:
         base = purge_after if action == "isolate" and purge_after is not None else at
         return add(base.astimezone(UTC), backups.retention).isoformat()
 
-    def _record(self, sel: Selection, intent: int, refs: list[str]) -> None:
+    def _record(self, sel: Selection, intent: int, refs: list[str],
+                encoded: str | None = None) -> None:
         rule = sel.rule
         detail = {**sel.detail, "count": len(refs)}
         if sel.purge_after is not None:
@@ -239,7 +241,7 @@ class Executor:
         draft = ledger.Draft(kind=kind_of(sel.reason), run_id=self.run_id, rule=rule.id,
                              store=rule.store, target=rule.target, action=sel.action,
                              reason=sel.reason, record_refs=refs, subject_ref=sel.subject_ref,
-                             detail=detail)
+                             detail=detail, refs_json=encoded)
         with self.state.begin() as conn:
             if refs:
                 ledger.append(conn, [draft])

@@ -89,16 +89,34 @@ class Draft:
     subject_ref: str | None = None
     detail: dict[str, Any] = field(default_factory=dict)
     at: str | None = None
+    refs_json: str | None = None  # record_refs already encoded with refs_json()
 
 
-def canonical(entry: dict[str, Any]) -> bytes:
-    body = {k: entry[k] for k in ("seq", "at", "run_id", "kind", "rule", "store", "target",
-                                  "action", "reason", "record_refs", "subject_ref", "detail")}
-    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+_FIELDS = ("seq", "at", "run_id", "kind", "rule", "store", "target", "action", "reason",
+           "record_refs", "subject_ref", "detail")
+_REFS_SLOT = '"\\u0000refs\\u0000"'
 
 
-def chain(prev_hash: str, entry: dict[str, Any]) -> str:
-    return hashlib.sha256(prev_hash.encode() + canonical(entry)).hexdigest()
+def refs_json(refs: Sequence[str]) -> str:
+    """The record references as canonical JSON (also how the ledger column stores them)."""
+    return json.dumps(list(refs), separators=(",", ":"), ensure_ascii=True)
+
+
+def canonical(entry: dict[str, Any], encoded_refs: str | None = None) -> bytes:
+    """The bytes an entry's hash covers. ``encoded_refs`` (= :func:`refs_json` of the entry's
+    references) spares encoding a batch's 5000 references a second time; the result is the
+    same."""
+    body = {k: entry[k] for k in _FIELDS}
+    if encoded_refs is None:
+        return json.dumps(body, sort_keys=True, separators=(",", ":"),
+                          ensure_ascii=True).encode()
+    body["record_refs"] = "\0refs\0"
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return text.replace(_REFS_SLOT, encoded_refs, 1).encode()
+
+
+def chain(prev_hash: str, entry: dict[str, Any], encoded_refs: str | None = None) -> str:
+    return hashlib.sha256(prev_hash.encode() + canonical(entry, encoded_refs)).hexdigest()
 
 
 def append(conn: Connection, drafts: Iterable[Draft]) -> list[int]:
@@ -116,8 +134,9 @@ def append(conn: Connection, drafts: Iterable[Draft]) -> list[int]:
             "reason": d.reason, "record_refs": list(d.record_refs), "subject_ref": d.subject_ref,
             "detail": d.detail,
         }
-        prev = chain(prev, entry)
-        rows.append({**entry, "record_refs": json.dumps(entry["record_refs"]),
+        encoded = d.refs_json or refs_json(entry["record_refs"])
+        prev = chain(prev, entry, encoded)
+        rows.append({**entry, "record_refs": encoded,
                      "record_count": len(entry["record_refs"]),
                      "detail": json.dumps(d.detail, sort_keys=True), "hash": prev})
     if rows:
