@@ -14,10 +14,12 @@ BUILTIN = {
 }
 GROUP = "retentiond.adapters"
 _cache: dict[str, type[Adapter]] = {}
+_registered: dict[str, type[Adapter]] = {}
 
 
 def _targets() -> dict[str, str]:
     targets = dict(BUILTIN)
+    targets.update({n: f"{c.__module__}:{c.__qualname__}" for n, c in _registered.items()})
     for ep in entry_points(group=GROUP):
         targets.setdefault(ep.name, ep.value)
     return targets
@@ -28,6 +30,8 @@ def names() -> list[str]:
 
 
 def get(name: str) -> type[Adapter]:
+    if name in _registered:
+        return _registered[name]
     if name not in _cache:
         target = _targets()[name]
         module, _, attr = target.partition(":")
@@ -36,6 +40,9 @@ def get(name: str) -> type[Adapter]:
 
 
 def register(name: str, cls: type[Adapter]) -> None:
-    """Register an adapter class at run time (tests, embedding)."""
-    BUILTIN[name] = f"{cls.__module__}:{cls.__qualname__}"
-    _cache[name] = cls
+    """Register an adapter class at run time (tests, embedding); undo with unregister()."""
+    _registered[name] = cls
+
+
+def unregister(name: str) -> None:
+    _registered.pop(name, None)

@@ -42,7 +42,7 @@ from marketplace import (
 )
 
 from retentiond.adapters.base import Selection
-from retentiond.adapters.registry import register
+from retentiond.adapters.registry import register, unregister
 from retentiond.adapters.sql import SqlAdapter
 from retentiond.app import App
 from retentiond.audit.ledger import Refs
@@ -449,6 +449,7 @@ def mid_sweep(store_db_sp: Any, ws: Any) -> Iterator[MidSweep]:
     finally:
         app.close()
         engine.dispose()
+        unregister("sqlhook")
 
 
 def test_hold_placed_mid_sweep_protects_records_not_yet_disposed(mid_sweep: MidSweep) -> None:
