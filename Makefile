@@ -5,6 +5,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 RTD := $(VENV)/bin/retentiond --config config/retentiond.yaml
 STAMP := $(VENV)/.installed
+# The suite mostly waits on CLI subprocesses and databases: four workers on two cores.
+TEST_WORKERS ?= 4
 
 .PHONY: demo test check lint types bench clean install
 
@@ -27,7 +29,7 @@ demo: $(STAMP)
 	@echo "demo done: open .demo/audit-report.html"
 
 test: $(STAMP)
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check retentiond tests bench config

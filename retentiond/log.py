@@ -12,7 +12,25 @@ import re
 import sys
 from typing import Any, TextIO
 
-import structlog
+
+def _import_structlog() -> Any:
+    """Import structlog without letting structlog.dev pull in rich's traceback machinery
+    (about a fifth of every CLI call's start-up); rich stays importable afterwards, and the
+    console renderer, which is only built on a terminal, still uses it."""
+    missing = object()
+    saved = sys.modules.get("rich", missing)
+    sys.modules["rich"] = None  # type: ignore[assignment]
+    try:
+        import structlog as module
+    finally:
+        if saved is missing:
+            del sys.modules["rich"]
+        else:
+            sys.modules["rich"] = saved  # type: ignore[assignment]
+    return module
+
+
+structlog = _import_structlog()
 
 _URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)(?P<pw>[^@\s]*)(?=@)")
 

@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
-from rich.table import Table
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 def console() -> Console:
+    from rich.console import Console  # imported on use: --json output never needs it
+
     tty = sys.stdout.isatty()
     return Console(file=sys.stdout, highlight=False, width=None if tty else 160)
 
@@ -23,6 +25,8 @@ def emit_json(doc: Any) -> None:
 
 def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]],
           *, numeric_from: int | None = None, footer: Sequence[Any] | None = None) -> None:
+    from rich.table import Table
+
     t = Table(title=title, title_justify="left", show_footer=footer is not None)
     for i, name in enumerate(columns):
         right = numeric_from is not None and i >= numeric_from
