@@ -20,42 +20,52 @@ reported times are medians over the repetitions.
 from __future__ import annotations
 
 import argparse
-import hashlib
-import hmac
 import json
 import os
-import secrets
 import shutil
 import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from calendar import monthrange
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import (  # bench/ is not a package: sweep.py runs as a script
+    DEFAULT_PG,
+    DUE_PER_MILLE,
+    MIX,
+    STORE,
+    BaselineLedger,
+    _pg,
+    _pg_url,
+    bench_process_peak_rss_mb,
+    clone,
+    count_rows,
+    drop_copy,
+    drop_template,
+    fresh_state,
+    ledger_digest,
+    log,
+    must,
+    new_key_file,
+    pg_drop,
+    print_profile,
+    retentiond_argv,
+    retentiond_run,
+    retentiond_upgrade,
+    run_child,
+    use_source,
+    years_before,
+)
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-STORE = "store"          # store name in the policy; refs are HMAC(key, "store\0events\0<id>")
-TARGET = "events"
+TARGET = "events"        # refs are HMAC(key, "store\0events\0<id>")
 RULE = "old-events"
-DUE_PER_MILLE = 400      # 40% of the rows are due
-MIX = 2654435761         # (id * MIX) % 1000 < 400 marks a row due: interleaved, exactly 40%
-                         # of every block of 1000 consecutive ids (MIX is coprime to 1000)
-DEFAULT_PG = os.environ.get("RETENTIOND_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
-
-
-def log(msg: str) -> None:
-    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-# -- calendar helper (same semantics as SPEC 3.1: keep the day, clamp to month end) -----------
-def years_before(at: datetime, years: int) -> datetime:
-    y = at.year - years
-    return at.replace(year=y, day=min(at.day, monthrange(y, at.month)[1]))
+_must = must
 
 
 # ==============================================================================================
@@ -94,22 +104,6 @@ def build_sqlite(path: Path, rows: int, now: datetime) -> None:
     con.close()
 
 
-def _pg(url: str) -> Any:
-    import psycopg
-
-    return psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://"), autocommit=True)
-
-
-def _pg_url(admin_url: str, dbname: str) -> str:
-    base, _, _ = admin_url.rpartition("/")
-    return f"{base}/{dbname}"
-
-
-def pg_drop(admin_url: str, dbname: str) -> None:
-    with _pg(admin_url) as con:
-        con.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
-
-
 def build_postgresql(admin_url: str, dbname: str, rows: int, now: datetime) -> None:
     pg_drop(admin_url, dbname)
     with _pg(admin_url) as con:
@@ -131,49 +125,9 @@ def build_postgresql(admin_url: str, dbname: str, rows: int, now: datetime) -> N
         con.execute("VACUUM ANALYZE events")
 
 
-def clone(backend: str, template: str, name: str, workdir: Path, admin_url: str) -> str:
-    """A fresh copy of the template; returns its SQLAlchemy URL."""
-    if backend == "sqlite":
-        dst = workdir / f"{name}.db"
-        for suffix in ("", "-wal", "-shm"):
-            Path(f"{dst}{suffix}").unlink(missing_ok=True)
-        shutil.copyfile(template, dst)
-        return f"sqlite:///{dst}"
-    pg_drop(admin_url, name)
-    with _pg(admin_url) as con:
-        con.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}" STRATEGY FILE_COPY')
-    return _pg_url(admin_url, name).replace("postgresql://", "postgresql+psycopg://", 1)
-
-
-def drop_copy(backend: str, url: str, admin_url: str) -> None:
-    if backend == "sqlite":
-        path = url.split(":///", 1)[1]
-        for suffix in ("", "-wal", "-shm"):
-            Path(f"{path}{suffix}").unlink(missing_ok=True)
-    else:
-        pg_drop(admin_url, url.rsplit("/", 1)[1])
-
-
-def count_rows(url: str, where: str = "", params: tuple[Any, ...] = ()) -> int:
-    if url.startswith("sqlite"):
-        con = sqlite3.connect(url.split(":///", 1)[1])
-        try:
-            return int(con.execute(f"SELECT count(*) FROM events {where}", params).fetchone()[0])
-        finally:
-            con.close()
-    with _pg(url) as con:
-        return int(con.execute(f"SELECT count(*) FROM events {where.replace('?', '%s')}",
-                               params).fetchone()[0])
-
-
 # ==============================================================================================
 # The baseline (runs in a child process: `bench/sweep.py --_baseline JSON`)
 # ==============================================================================================
-BASELINE_LEDGER_DDL = """CREATE TABLE IF NOT EXISTS ledger (
-    seq integer primary key, at text not null, run_id text, kind text, rule text, store text,
-    target text, action text, reason text, record_refs text not null, record_count integer,
-    subject_ref text, detail text, hash text not null)"""
-
 DELETE_BATCH = ("DELETE FROM events WHERE id IN (SELECT id FROM events WHERE created_at <= ? "
                 "AND id > ? ORDER BY id LIMIT ?) RETURNING id")
 # PostgreSQL plans `id IN (SELECT ... LIMIT n)` as a hash semi-join over a sequential scan of the
@@ -183,25 +137,13 @@ DELETE_BATCH_PG = ("DELETE FROM events WHERE id = ANY(ARRAY(SELECT id FROM event
                    "created_at <= %s AND id > %s ORDER BY id LIMIT %s)) RETURNING id")
 
 
-def _canonical(entry: dict[str, Any]) -> bytes:
-    return json.dumps(entry, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
-
-
 def baseline(cfg: dict[str, Any]) -> dict[str, Any]:
     """Keyset-batched DELETE ... RETURNING, per-record HMAC refs, one hash-chained ledger row per
     batch in a separate SQLite file, one store transaction and one ledger commit per batch."""
     t0 = time.perf_counter()
-    key = Path(cfg["key_file"]).read_bytes().rstrip(b"\r\n")
-    base_mac = hmac.new(key, f"{STORE}\0{TARGET}\0".encode(), hashlib.sha256)
     url, batch = cfg["url"], int(cfg["batch"])
     cutoff = years_before(datetime.now(UTC).replace(tzinfo=None), 3)
-    run_id = secrets.token_hex(16)
-
-    led = sqlite3.connect(cfg["ledger"], isolation_level=None)
-    led.execute("PRAGMA journal_mode=WAL")
-    led.execute("PRAGMA synchronous=NORMAL")
-    led.execute(BASELINE_LEDGER_DDL)
-    prev, seq = "0" * 64, 0
+    led = BaselineLedger(cfg["ledger"], cfg["key_file"], TARGET, RULE, "delete")
 
     if url.startswith("sqlite"):
         store = sqlite3.connect(url.split(":///", 1)[1], isolation_level=None)
@@ -235,23 +177,7 @@ def baseline(cfg: dict[str, Any]) -> dict[str, Any]:
         if not ids:
             break
         last = max(ids)
-        refs = []
-        for i in ids:
-            h = base_mac.copy()
-            h.update(str(i).encode())
-            refs.append(h.hexdigest())
-        seq += 1
-        entry = {"seq": seq, "at": datetime.now(UTC).isoformat(timespec="microseconds"),
-                 "run_id": run_id, "kind": "dispose", "rule": RULE, "store": STORE,
-                 "target": TARGET, "action": "delete", "reason": "schedule",
-                 "record_refs": refs, "subject_ref": None, "detail": {"count": len(refs)}}
-        prev = hashlib.sha256(prev.encode() + _canonical(entry)).hexdigest()
-        led.execute("BEGIN IMMEDIATE")
-        led.execute("INSERT INTO ledger VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                    (seq, entry["at"], run_id, "dispose", RULE, STORE, TARGET, "delete",
-                     "schedule", json.dumps(refs), len(refs), None,
-                     json.dumps(entry["detail"], sort_keys=True), prev))
-        led.execute("COMMIT")
+        led.record(ids)
         deleted += len(ids)
         batches += 1
         if len(ids) < batch:
@@ -264,40 +190,6 @@ def baseline(cfg: dict[str, Any]) -> dict[str, Any]:
 # ==============================================================================================
 # Running the contenders
 # ==============================================================================================
-def run_child(argv: list[str], *, env: dict[str, str] | None = None) -> dict[str, Any]:
-    """Run a child; wall time, exit code, stdout, stderr and peak RSS (MiB, via wait4)."""
-    t0 = time.perf_counter()
-    # Not the project root as cwd: `python -m retentiond` would import ./retentiond from there
-    # ahead of --source.
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
-                            cwd=tempfile.gettempdir())
-    # Read the pipes on threads so a chatty child cannot block; then reap with wait4.
-    import threading
-
-    out: dict[str, bytes] = {}
-
-    def pump(name: str, stream: Any) -> None:
-        out[name] = stream.read()
-
-    threads = [threading.Thread(target=pump, args=(n, s))
-               for n, s in (("stdout", proc.stdout), ("stderr", proc.stderr))]
-    for t in threads:
-        t.start()
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - t0
-    for t in threads:
-        t.join()
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return {"rc": proc.returncode, "wall": wall, "rss_mb": usage.ru_maxrss / 1024,
-            "stdout": out.get("stdout", b"").decode(errors="replace"),
-            "stderr": out.get("stderr", b"").decode(errors="replace")}
-
-
-def retentiond_argv() -> list[str]:
-    exe = Path(sys.executable).parent / "retentiond"
-    return [str(exe)] if exe.exists() else [sys.executable, "-m", "retentiond"]
-
-
 def write_policy(path: Path, store_url: str, state: Path, key_file: Path, batch: int) -> None:
     path.write_text(f"""\
 # generated by bench/sweep.py
@@ -324,34 +216,6 @@ rules:
 """)
 
 
-def _must(res: dict[str, Any], what: str) -> None:
-    if res["rc"] != 0:
-        sys.stderr.write(res["stderr"][-4000:])
-        raise SystemExit(f"bench: {what} failed with exit code {res['rc']}")
-
-
-def ledger_digest(path: Path) -> tuple[int, int]:
-    """(record count, order-independent digest of every record ref) of a ledger's dispose
-    entries, read in pages so it stays flat for 10M rows."""
-    con = sqlite3.connect(path)
-    total, acc, last = 0, 0, 0
-    try:
-        while True:
-            rows = con.execute("SELECT seq, record_refs FROM ledger WHERE kind = 'dispose' "
-                               "AND seq > ? ORDER BY seq LIMIT 4", (last,)).fetchall()
-            if not rows:
-                break
-            for seq, refs_json in rows:
-                refs = json.loads(refs_json)
-                total += len(refs)
-                for r in refs:
-                    acc = (acc + int(r, 16)) % (1 << 256)
-                last = seq
-    finally:
-        con.close()
-    return total, acc
-
-
 def run_baseline(url: str, work: Path, key_file: Path, batch: int, tag: str) -> dict[str, Any]:
     ledger = work / f"baseline-ledger-{tag}.db"
     ledger.unlink(missing_ok=True)
@@ -367,38 +231,21 @@ def run_baseline(url: str, work: Path, key_file: Path, batch: int, tag: str) -> 
 def run_retentiond(url: str, work: Path, key_file: Path, batch: int, tag: str,
                    expect_due: int, profile: Path | None = None) -> dict[str, Any]:
     state = work / f"state-{tag}.db"
-    for suffix in ("", "-wal", "-shm"):
-        Path(f"{state}{suffix}").unlink(missing_ok=True)
+    fresh_state(state)
     policy = work / f"policy-{tag}.yaml"
     write_policy(policy, url, state, key_file, batch)
-    rd = retentiond_argv()
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    _must(run_child([*rd, "--config", str(policy), "db", "upgrade"], env=env), "db upgrade")
-    plan = run_child([*rd, "--config", str(policy), "plan", "--json"], env=env)
+    retentiond_upgrade(policy)
+    plan = run_child([*retentiond_argv(), "--config", str(policy), "plan", "--json"],
+                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
     _must(plan, "retentiond plan")
     plan_doc = json.loads(plan["stdout"])
     if plan_doc["totals"]["due"] != expect_due:
         raise SystemExit(f"bench: plan says {plan_doc['totals']['due']} due, expected {expect_due}")
-    if profile is not None:
-        argv = [sys.executable, "-m", "cProfile", "-o", str(profile), "-m", "retentiond",
-                "--config", str(policy), "run", "--json"]
-    else:
-        argv = [*rd, "--config", str(policy), "run", "--json"]
-    res = run_child(argv, env=env)
-    _must(res, "retentiond run")
-    doc = json.loads(res["stdout"])
-    con = sqlite3.connect(state)
-    try:
-        started, finished = con.execute(
-            "SELECT started_at, finished_at FROM runs WHERE id = ?", (doc["run_id"],)).fetchone()
-    finally:
-        con.close()
-    inner = (datetime.fromisoformat(str(finished)) - datetime.fromisoformat(str(started)))
-    verify = run_child([*rd, "--config", str(policy), "audit", "verify", "--json"], env=env)
-    return {"wall": res["wall"], "inner": inner.total_seconds(), "rss_mb": res["rss_mb"],
-            "deleted": doc["totals"]["done"], "failed": doc["totals"]["failed"],
+    r = retentiond_run(policy, state, profile)
+    return {"wall": r["wall"], "inner": r["inner"], "rss_mb": r["rss_mb"],
+            "deleted": r["done"], "failed": r["failed"],
             "plan_wall": plan["wall"], "plan_rss_mb": plan["rss_mb"],
-            "verify_rc": verify["rc"], "verify_out": verify["stdout"].strip()[:300],
+            "verify_rc": r["verify_rc"], "verify_out": r["verify_out"],
             "ledger": state, "policy": policy}
 
 
@@ -413,10 +260,7 @@ def bench_backend(backend: str, args: argparse.Namespace, work: Path, key_file: 
     res = run_child([sys.executable, str(Path(__file__).resolve()), "--_build",
                      json.dumps(build)])
     if res["rc"] != 0:  # a half-built template must not outlive the bench
-        if backend == "postgresql":
-            pg_drop(args.pg_url, template)
-        else:
-            Path(template).unlink(missing_ok=True)
+        drop_template(backend, template, args.pg_url)
     _must(res, "building the table")
     build_s = res["wall"]
     tmpl_url = f"sqlite:///{template}" if backend == "sqlite" else _pg_url(args.pg_url, template)
@@ -461,10 +305,7 @@ def bench_backend(backend: str, args: argparse.Namespace, work: Path, key_file: 
     finally:
         for url in copies:
             drop_copy(backend, url, args.pg_url)
-        if backend == "postgresql":
-            pg_drop(args.pg_url, template)
-        else:
-            Path(template).unlink(missing_ok=True)
+        drop_template(backend, template, args.pg_url)
     return summarise(backend, args, due, build_s, runs, profile_out)
 
 
@@ -550,14 +391,6 @@ def print_table(results: list[dict[str, Any]]) -> None:
             print(f"  PROBLEM: {p}")
 
 
-def print_profile(path: Path) -> None:
-    import pstats
-
-    for order in ("cumulative", "tottime"):
-        print(f"\n--- {path.name}, top 25 by {order} ---", file=sys.stderr)
-        pstats.Stats(str(path), stream=sys.stderr).sort_stats(order).print_stats(25)
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rows", type=int, default=1_000_000)
@@ -589,20 +422,15 @@ def main(argv: list[str] | None = None) -> int:
         else:
             build_postgresql(b["pg_url"], b["target"], b["rows"], datetime.fromisoformat(b["now"]))
         return 0
-    if args.source:
-        src = Path(args.source).resolve()
-        if not (src / "retentiond" / "__init__.py").is_file():
-            p.error(f"--source {src}: no retentiond package there")
-        os.environ["PYTHONPATH"] = os.pathsep.join(
-            [str(src)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []))
+    problem = use_source(args.source)
+    if problem:
+        p.error(problem)
     if args.rows < 1000 or args.batch < 1 or args.repeat < 1:
         p.error("--rows must be >= 1000, --batch and --repeat >= 1")
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="retentiond-bench-"))
     work.mkdir(parents=True, exist_ok=True)
-    key_file = work / "secret.key"
-    key_file.write_text(secrets.token_hex(32) + "\n")
-    key_file.chmod(0o600)
+    key_file = new_key_file(work)
     backends = ["sqlite", "postgresql"] if args.backend == "both" else [args.backend]
     results = []
     try:
@@ -617,12 +445,9 @@ def main(argv: list[str] | None = None) -> int:
         if r.get("profile"):
             print_profile(Path(r["profile"]))
     if args.json:
-        import resource
-
         print(json.dumps({"rows": args.rows, "batch": args.batch, "repeat": args.repeat,
                           "retentiond_source": args.source or "installed",
-                          "bench_process_peak_rss_mb": round(
-                              resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+                          "bench_process_peak_rss_mb": bench_process_peak_rss_mb(),
                           "python": sys.version.split()[0], "sqlite": sqlite3.sqlite_version,
                           "results": results}, indent=2))
     else:
