@@ -85,8 +85,8 @@ class Executor:
         Holds are re-read before every batch: a hold placed while the sweep runs protects
         every record not yet disposed (the batch's re-check in the store includes it)."""
         sel = self._prepare(sel)
-        if sel.action == "delete":
-            done = self._delete_fast(sel, result)
+        if sel.action in ("delete", "anonymize"):
+            done = self._fast(sel, result)
             if done is not None:
                 return done
         adapter = self.adapters[sel.rule.store]
@@ -104,8 +104,9 @@ class Executor:
                 break
         return done
 
-    def _delete_fast(self, sel: Selection, result: RuleResult) -> int | None:
-        """One statement per batch where the adapter offers it (``delete_next``): the intent
+    def _fast(self, sel: Selection, result: RuleResult) -> int | None:
+        """One statement per batch where the adapter offers it (``delete_next`` or
+        ``anonymize_next``): the intent
         is committed to the state database after the store has picked the batch and before
         the store commits, so a crash at any point is reconciled exactly as in the slow path.
         None when the adapter has no fast path."""
@@ -127,7 +128,9 @@ class Executor:
                 written["id"] = self._intent(current, written["refs"], written["json"])
 
             try:
-                keys = adapter.delete_next(current, after, self.policy.batch_size, intent)
+                take = (adapter.delete_next if sel.action == "delete"
+                        else adapter.anonymize_next)
+                keys = take(current, after, self.policy.batch_size, intent)
             except StoreError:
                 result.failed += len(written.get("refs", ()))
                 raise

@@ -168,6 +168,11 @@ class Adapter(abc.ABC):
         path (the executor then scans and calls :meth:`delete`)."""
         return None
 
+    def anonymize_next(self, selection: Selection, after: Any, limit: int,
+                       intent: Callable[[list[Any]], None]) -> list[Any] | None:
+        """The same fast path for anonymisation (see :meth:`delete_next`)."""
+        return None
+
     def anonymize(self, selection: Selection, keys: Sequence[Any]) -> list[Any]:
         from retentiond.errors import StoreError
 

@@ -23,7 +23,7 @@ from sqlalchemy.exc import NoSuchTableError
 
 from retentiond import anonymize as anon
 from retentiond.adapters.base import Candidate, Problem, Selection
-from retentiond.adapters.sqlexpr import bound, keys_in
+from retentiond.adapters.sqlexpr import bound, keys_in, next_keys
 
 if TYPE_CHECKING:
     from contextlib import AbstractContextManager
@@ -81,13 +81,43 @@ class SqlActions:
                                                            computed.items())}} for r in rows])
             return [r[0] for r in rows]
 
+    def anonymize_next(self, selection: Selection, after: Any, limit: int,
+                       intent: Callable[[list[Any]], None]) -> list[Any] | None:
+        """When every strategy is SQL-expressible: one ``UPDATE ... WHERE key IN (SELECT key
+        ... LIMIT n) RETURNING key`` per batch, the intent written before the commit (as
+        ``delete_next``). None otherwise, and on dialects without UPDATE ... RETURNING or with
+        no LIMIT subqueries on the updated table (MySQL/MariaDB)."""
+        rule = selection.rule
+        assert rule.anonymize is not None
+        dialect = self.engine.dialect
+        if (dialect.name not in ("sqlite", "postgresql") or not dialect.update_returning
+                or not all(anon.is_sql(s) for s in rule.anonymize.columns.values())):
+            return None
+        table = self.table(rule)
+        key = table.c[str(rule.key)]
+        marker = table.c[rule.anonymize.marker]
+        values = {marker.name: bound(marker, selection.now)} | self._sql_values(rule, table)
+        pick = sa.select(key).where(self.predicate(selection, table))
+        if after is not None:
+            pick = pick.where(key > after)
+        pick = pick.order_by(key).limit(limit)
+        stmt = (sa.update(table).where(next_keys(dialect.name, key, pick)).values(**values)
+                .returning(key))
+        with self._errors(f"anonymising {table.name}"), self.engine.begin() as conn:
+            keys = sorted(conn.execute(stmt).scalars().all())
+            if keys:
+                intent(keys)  # durable before the store commits
+            return keys
+
     def _secret(self) -> bytes:
         return self.policy.secret_key.get_secret_value()
 
     def _sql_values(self, rule: Rule, table: sa.Table) -> dict[str, Any]:
         assert rule.anonymize is not None
         dialect = self.engine.dialect.name
-        defaults = self._server_defaults(table)
+        # Reflecting the columns costs a catalog query per batch; only `default` needs it.
+        needs = any(s.strategy == "default" for s in rule.anonymize.columns.values())
+        defaults = self._server_defaults(table) if needs else {}
         return {c: anon.sql_expression(s, table.c[c], dialect, defaults.get(c))
                 for c, s in rule.anonymize.columns.items() if anon.is_sql(s)}
 
