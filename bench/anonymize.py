@@ -40,7 +40,6 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # bench/ is not a package: anonymize.py runs as a script
-    DEFAULT_PG,
     DUE_PER_MILLE,
     MIX,
     STORE,
@@ -63,6 +62,7 @@ from common import (  # bench/ is not a package: anonymize.py runs as a script
     retentiond_upgrade,
     run_child,
     scalar,
+    shared_arguments,
     use_source,
 )
 
@@ -548,24 +548,9 @@ def print_table(results: list[dict[str, Any]]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--rows", type=int, default=1_000_000)
-    p.add_argument("--backend", choices=("sqlite", "postgresql", "both"), default="both")
-    p.add_argument("--batch", type=int, default=5000)
-    p.add_argument("--repeat", type=int, default=2,
-                   help="repetitions per backend, alternating order; medians are reported")
-    p.add_argument("--pg-url", default=DEFAULT_PG,
-                   help="admin URL of the PostgreSQL server (default $RETENTIOND_BENCH_PG or "
-                        "%(default)s); the bench creates and drops its own databases")
-    p.add_argument("--workdir", help="where files go (default: a fresh directory in /tmp)")
-    p.add_argument("--keep", action="store_true", help="keep the work directory")
-    p.add_argument("--profile", action="store_true",
-                   help="also run each retentiond rule once under cProfile per backend and "
-                        "print the top entries (kept in the work directory)")
-    p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
-    p.add_argument("--source", help="run retentiond from this source tree (put first on "
-                   "PYTHONPATH), e.g. a `git archive` snapshot, to compare versions")
-    p.add_argument("--_baseline", help=argparse.SUPPRESS)
-    p.add_argument("--_build", help=argparse.SUPPRESS)
+    shared_arguments(p, repeat=2, profile_help=(
+        "also run each retentiond rule once under cProfile per backend and print the top "
+        "entries (kept in the work directory)"))
     p.add_argument("--_check", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args._baseline:

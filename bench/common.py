@@ -8,6 +8,7 @@ in a SQLite file with retentiond's state-database settings).
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import os
@@ -300,3 +301,23 @@ def ledger_digest(path: Path) -> tuple[int, int]:
     finally:
         con.close()
     return total, acc
+
+
+def shared_arguments(p: argparse.ArgumentParser, *, repeat: int, profile_help: str) -> None:
+    """The options every benchmark script takes, and the hidden child-process entry points."""
+    p.add_argument("--rows", type=int, default=1_000_000)
+    p.add_argument("--backend", choices=("sqlite", "postgresql", "both"), default="both")
+    p.add_argument("--batch", type=int, default=5000)
+    p.add_argument("--repeat", type=int, default=repeat,
+                   help="repetitions per backend, alternating order; medians are reported")
+    p.add_argument("--pg-url", default=DEFAULT_PG,
+                   help="admin URL of the PostgreSQL server (default $RETENTIOND_BENCH_PG or "
+                        "%(default)s); the bench creates and drops its own databases")
+    p.add_argument("--workdir", help="where files go (default: a fresh directory in /tmp)")
+    p.add_argument("--keep", action="store_true", help="keep the work directory")
+    p.add_argument("--profile", action="store_true", help=profile_help)
+    p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    p.add_argument("--source", help="run retentiond from this source tree (put first on "
+                   "PYTHONPATH), e.g. a `git archive` snapshot, to compare versions")
+    p.add_argument("--_baseline", help=argparse.SUPPRESS)
+    p.add_argument("--_build", help=argparse.SUPPRESS)
