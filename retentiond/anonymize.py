@@ -13,8 +13,6 @@ and joins on them still work. ``format: email`` gives ``<hex>@<domain>``.
 
 from __future__ import annotations
 
-import hashlib
-import hmac as hmac_mod
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -23,6 +21,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from retentiond.audit.ledger import hmac_sha256
 from retentiond.policy.model import (
     ConstantStrategy,
     DefaultStrategy,
@@ -95,7 +94,7 @@ def python_function(strategy: Strategy, secret: bytes) -> Callable[[Any], Any]:
 
 
 def pseudonym(secret: bytes, value: Any) -> str:
-    return hmac_mod.new(secret, _text(value).encode(), hashlib.sha256).hexdigest()
+    return hmac_sha256(secret, _text(value).encode()).hex()
 
 
 def _text(value: Any) -> str:

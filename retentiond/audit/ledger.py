@@ -44,7 +44,7 @@ def _one_shot() -> Callable[[bytes, bytes], bytes]:
     return lambda key, msg: hmac_digest(key, msg, "sha256")  # type: ignore[no-any-return]
 
 
-_hmac_sha256 = _one_shot()
+hmac_sha256 = _one_shot()
 
 
 class Refs:
@@ -57,21 +57,20 @@ class Refs:
         secret, prefix = self._secret, f"{store}\0{target}\0".encode()
 
         def ref(key: Any) -> str:
-            return _hmac_sha256(secret, prefix + str(key).encode()).hex()
+            return hmac_sha256(secret, prefix + str(key).encode()).hex()
 
         return ref
 
     def records(self, store: str, target: str, keys: Iterable[Any]) -> list[str]:
         """:meth:`record_fn` over a whole batch, without a Python call per record."""
         secret, prefix = self._secret, f"{store}\0{target}\0".encode()
-        return [_hmac_sha256(secret, prefix + str(k).encode()).hex() for k in keys]
+        return [hmac_sha256(secret, prefix + str(k).encode()).hex() for k in keys]
 
     def record(self, store: str, target: str, key: Any) -> str:
         return self.record_fn(store, target)(key)
 
     def subject(self, kind: str, subject: Any) -> str:
-        msg = f"subject\0{kind}\0{subject}".encode()
-        return hmac.new(self._secret, msg, hashlib.sha256).hexdigest()
+        return hmac_sha256(self._secret, f"subject\0{kind}\0{subject}".encode()).hex()
 
 
 @dataclass

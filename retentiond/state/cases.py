@@ -30,16 +30,14 @@ def new_id() -> str:
 # -- holds ------------------------------------------------------------------------------------
 def active_holds(conn: Connection) -> ActiveHolds:
     rows = conn.execute(select(holds_t).where(holds_t.c.released_at.is_(None))).all()
+    subject_ids = {(r.subject_kind, r.subject): r.id for r in rows if r.scope == "subject"}
     subjects: dict[str, set[str]] = {}
-    out = ActiveHolds(rules={r.rule: r.id for r in rows if r.scope == "rule"},
-                      stores={r.store: r.id for r in rows if r.scope == "store"},
-                      subject_ids={(r.subject_kind, r.subject): r.id for r in rows
-                                   if r.scope == "subject"})
-    for r in rows:
-        if r.scope == "subject":
-            subjects.setdefault(r.subject_kind, set()).add(r.subject)
-    return ActiveHolds({k: frozenset(v) for k, v in subjects.items()}, out.rules, out.stores,
-                       out.subject_ids)
+    for kind, subject in subject_ids:
+        subjects.setdefault(kind, set()).add(subject)
+    return ActiveHolds(subjects={k: frozenset(v) for k, v in subjects.items()},
+                       rules={r.rule: r.id for r in rows if r.scope == "rule"},
+                       stores={r.store: r.id for r in rows if r.scope == "store"},
+                       subject_ids=subject_ids)
 
 
 def read_holds(engine: Engine) -> ActiveHolds:
