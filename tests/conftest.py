@@ -155,6 +155,12 @@ class Workspace:
         self.config.write_text(yaml.safe_dump(doc, sort_keys=False))
         return self.config
 
+    def invoke(self, *args: str, env: dict[str, str] | None = None) -> Result:
+        """The CLI in this process (a fresh App per call): stdout, stderr and the exit code
+        as the shell would see them. Use :meth:`cli` where signals, ``serve`` or a real
+        process boundary matter."""
+        return invoke_cli(["--config", str(self.config), *args], env)
+
     def cli(self, *args: str, env: dict[str, str] | None = None, timeout: float = 120) -> Result:
         full_env = {**os.environ, **(env or {})}
         full_env.pop("RETENTIOND_CONFIG", None)
@@ -162,6 +168,32 @@ class Workspace:
             [sys.executable, "-m", "retentiond", "--config", str(self.config), *args],
             capture_output=True, text=True, env=full_env, timeout=timeout, check=False)
         return Result(proc.returncode, proc.stdout, proc.stderr)
+
+
+def invoke_cli(argv: list[str], env: dict[str, str] | None = None) -> Result:
+    """Run ``retentiond.cli.main(argv)`` in-process, capturing stdout/stderr and exit code."""
+    import contextlib
+    import io
+
+    from retentiond.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    saved = {k: os.environ.get(k) for k in (env or {})}
+    os.environ.update(env or {})
+    code = 0
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                main(argv)
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return Result(code, out.getvalue(), err.getvalue())
 
 
 @pytest.fixture
