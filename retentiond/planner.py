@@ -166,6 +166,15 @@ def _erasure_exclusions(rule: Rule, sit: Situation) -> tuple[Selection, ...]:
                      and order[y.id] < order[rule.id]))
 
 
+def _held_erasure_exclusions(rule: Rule, sit: Situation) -> tuple[Selection, ...]:
+    """What a hold on the whole of ``rule`` protects of a requested subject is everything the
+    rule matches: the hold beats other rules' ``on_erasure: keep`` and earlier erasures. Only
+    records an earlier held rule of the table already counts are left out (counted once)."""
+    order = {r.id: i for i, r in enumerate(sit.rules)}
+    return tuple(_match(y, sit) for y in overlapping(rule, sit.rules)
+                 if sit.holds.blanket(y) and order[y.id] < order[rule.id])
+
+
 def time_selection(rule: Rule, now: datetime, tz: ZoneInfo) -> Selection | None:
     """What the rule disposes by time, ignoring holds, requests and other rules."""
     cutoff = clock_cutoff(rule, now, tz)
@@ -190,7 +199,11 @@ class RulePlan:
     time: Selection | None  # disposes by time
     erasures: tuple[tuple[OpenRequest, Selection], ...]  # disposes (or keeps) per request
     held: tuple[Selection, ...]  # what holds protect, to count
-    held_requests: tuple[OpenRequest, ...]  # requests a hold blocks in this rule
+    held_requests: tuple[OpenRequest, ...]  # requests a subject hold blocks in this rule
+    # Under a hold on the whole rule: each request with what the hold protects of its subject.
+    # The hold blocks the request only where that selection counts at least one record (the
+    # caller counts it, read-only); a subject without records here is not blocked by it.
+    held_erasures: tuple[tuple[OpenRequest, Selection], ...] = ()
 
 
 def plan_rule(rule: Rule, sit: Situation, *, time_based: bool = True) -> RulePlan:
@@ -206,12 +219,13 @@ def plan_rule(rule: Rule, sit: Situation, *, time_based: bool = True) -> RulePla
                                                                           holds=False))
         base = replace(base, exclude=base.exclude + _time_exclusions(rule, sit))
     blanket = sit.holds.blanket(rule)
-    erasures = tuple((q, _erasure(rule, q, sit, erasure_excl)) for q in requests)
     if blanket:
         held = ((replace(held_base, exclude_subjects=tuple(sorted(asked))),)
                 if held_base is not None else ())
-        return RulePlan(rule, blanket, None, (), held + tuple(s for _, s in erasures),
-                        tuple(requests))
+        held_excl = _held_erasure_exclusions(rule, sit)
+        return RulePlan(rule, blanket, None, (), held, (),
+                        tuple((q, _erasure(rule, q, sit, held_excl)) for q in requests))
+    erasures = tuple((q, _erasure(rule, q, sit, erasure_excl)) for q in requests)
     held_list: list[Selection] = []
     if base is not None and held_subjects - asked:
         held_list.append(replace(base, subjects=tuple(sorted(held_subjects - asked))))

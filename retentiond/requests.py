@@ -2,7 +2,8 @@
 
 A request is ``done`` once a sweep has applied it to every rule of its subject kind, ``partial``
 when some records were kept by a legal obligation (the outcome names the rules, counts and
-legal basis), and stays ``open`` while a hold blocks it or a rule failed.
+legal basis), and stays ``open`` while a hold blocks it or a rule failed. A hold on a whole rule
+or store blocks only the requests whose subject has records it protects.
 """
 
 from __future__ import annotations
@@ -40,6 +41,14 @@ class RequestTracker:
     def blocked(self, q: OpenRequest, rule: Rule) -> None:
         self._entry(q, rule)["held"] = True
         self.blocked_ids.add(q.id)
+
+    def held(self, q: OpenRequest, rule: Rule, n: int) -> None:
+        """A hold on the whole rule protects ``n`` of the subject's records: it blocks the
+        request only if there are any; otherwise the rule is served, with nothing to do."""
+        if n:
+            self.blocked(q, rule)
+        else:
+            self.disposed(q, rule, 0)
 
     def failed(self, rule: Rule) -> None:
         for q in self.requests:

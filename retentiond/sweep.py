@@ -127,6 +127,10 @@ def _sweep_rule(app: App, plan: planner.RulePlan, result: RuleResult,
     result.held = sum(adapter.count(s) for s in plan.held)
     for q in plan.held_requests:
         tracker.blocked(q, rule)
+    for q, sel in plan.held_erasures:
+        n = adapter.count(sel)
+        result.held += n
+        tracker.held(q, rule, n)
     planned: list[tuple[planner.OpenRequest | None, Selection, int]] = []
     for q, sel in plan.erasures:
         n = adapter.count(sel)
