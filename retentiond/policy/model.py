@@ -356,6 +356,14 @@ class MetricsOptions(_Model):
     address: str = "127.0.0.1"
 
 
+class CheckpointsFile(_Model):
+    """``checkpoints: {file: PATH}``: every checkpoint is also appended there as one JSON line
+    (for ``audit verify --checkpoint``); keep it where the state database's writers cannot
+    rewrite it."""
+
+    file: str = Field(min_length=1)
+
+
 def _zone(v: str) -> str:
     try:
         ZoneInfo(v)
@@ -371,6 +379,7 @@ class Policy(_Model):
     state: str = "sqlite:////var/lib/retentiond/state.db"
     secret_key: SecretKey
     signing_key: OptionalSecret = None
+    checkpoints: CheckpointsFile | None = None
     schedule: str = "0 3 * * *"
     batch_size: int = Field(5000, ge=1, le=100_000)
     requests: RequestOptions = Field(default_factory=RequestOptions)
