@@ -141,14 +141,19 @@ def audit_group() -> None:
 
 @audit_group.command("verify")
 @click.option("--checkpoint", "checkpoint_file", metavar="FILE",
-              help="A checkpoint exported earlier (audit checkpoint -o FILE).")
+              help="A checkpoint exported earlier (audit checkpoint -o FILE) or a "
+                   "checkpoints.file of JSON lines.")
+@click.option("--public-key", "public_keys", metavar="FILE", multiple=True,
+              help="Check signatures against this PEM Ed25519 public key (audit public-key), "
+                   "not the policy's signing_key; repeat for rotated keys.")
 @json_option
 @click.pass_context
-def audit_verify(ctx: click.Context, checkpoint_file: str | None, json_flag: bool) -> None:
+def audit_verify(ctx: click.Context, checkpoint_file: str | None, public_keys: tuple[str, ...],
+                 json_flag: bool) -> None:
     """Recompute the hash chain and check every checkpoint."""
     from retentiond.commands import audit
 
-    ctx.exit(audit.verify(_app(ctx, json_flag), checkpoint_file))
+    ctx.exit(audit.verify(_app(ctx, json_flag), checkpoint_file, public_keys))
 
 
 @audit_group.command("export")
@@ -173,6 +178,16 @@ def audit_checkpoint(ctx: click.Context, out: str | None) -> None:
     from retentiond.commands import audit
 
     ctx.exit(audit.checkpoint_cmd(_app(ctx), out))
+
+
+@audit_group.command("public-key")
+@json_option
+@click.pass_context
+def audit_public_key(ctx: click.Context, json_flag: bool) -> None:
+    """Print the PEM public key of signing_key, for `audit verify --public-key`."""
+    from retentiond.commands import audit
+
+    ctx.exit(audit.public_key_cmd(_app(ctx, json_flag)))
 
 
 # -- requests, holds, explain -----------------------------------------------------------------

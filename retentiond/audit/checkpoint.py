@@ -1,10 +1,19 @@
 """Checkpoints: the ledger's sequence and head hash at the end of a run, signed with Ed25519
-when ``signing_key`` is set, kept in the state database and written to the log."""
+when ``signing_key`` is set, kept in the state database, written to the log and, with
+``checkpoints: {file: PATH}``, appended as one JSON line to a file outside the state database.
+
+A signature is only ever checked against a *trusted* public key (``audit verify --public-key``
+or the one derived from ``signing_key``), never against the key stored next to it: whoever can
+rewrite the state database can also store their own key there.
+"""
 
 from __future__ import annotations
 
 import json
-from typing import Any
+import os
+from collections.abc import Collection
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -12,13 +21,17 @@ from cryptography.hazmat.primitives.serialization import (
     Encoding,
     PublicFormat,
     load_pem_private_key,
+    load_pem_public_key,
 )
 from sqlalchemy import insert, select
 from sqlalchemy.engine import Engine
 
 from retentiond.audit.ledger import head, now_text
-from retentiond.errors import PolicyError
+from retentiond.errors import PolicyError, RetentiondError, UsageError
 from retentiond.state.models import Checkpoint
+
+if TYPE_CHECKING:
+    from retentiond.policy.model import CheckpointsFile
 
 checkpoint_t = Checkpoint.__table__
 
@@ -31,6 +44,25 @@ def load_signing_key(pem: bytes) -> Ed25519PrivateKey:
     if not isinstance(key, Ed25519PrivateKey):
         raise PolicyError([("signing_key", "must be an Ed25519 private key (PEM)")])
     return key
+
+
+def load_public_key(pem: bytes, where: str) -> Ed25519PublicKey:
+    """A PEM Ed25519 public key (what ``audit public-key`` prints); UsageError otherwise."""
+    hint = "; give the output of `retentiond audit public-key`"
+    if b"PRIVATE KEY" in pem:
+        raise UsageError(f"{where}: is a private key, not a public key{hint}")
+    try:
+        key = load_pem_public_key(pem)
+    except (ValueError, TypeError):
+        raise UsageError(f"{where}: not a PEM public key{hint}") from None
+    if not isinstance(key, Ed25519PublicKey):
+        raise UsageError(f"{where}: not an Ed25519 public key{hint}")
+    return key
+
+
+def public_pem(key: Ed25519PrivateKey) -> str:
+    return key.public_key().public_bytes(Encoding.PEM,
+                                         PublicFormat.SubjectPublicKeyInfo).decode()
 
 
 def public_hex(key: Ed25519PrivateKey | Ed25519PublicKey) -> str:
@@ -72,13 +104,47 @@ def _as_dict(row: Any) -> dict[str, Any]:
             "signature": row.signature, "public_key": row.public_key}
 
 
-def signature_ok(cp: dict[str, Any], public_key: str | None) -> bool:
-    key_hex = public_key or cp.get("public_key")
-    if not cp.get("signature") or not key_hex:
+def signature_ok(cp: dict[str, Any], trusted: Collection[str]) -> bool:
+    """Whether ``cp`` carries one of the ``trusted`` public keys (hex) and a valid signature by
+    it. The stored key only selects among trusted keys; it is never trusted itself."""
+    key_hex = cp.get("public_key")
+    if not cp.get("signature") or key_hex not in trusted:
         return False
     try:
-        Ed25519PublicKey.from_public_bytes(bytes.fromhex(key_hex)).verify(
+        Ed25519PublicKey.from_public_bytes(bytes.fromhex(str(key_hex))).verify(
             bytes.fromhex(cp["signature"]), signed_payload(cp))
-    except (InvalidSignature, ValueError):
+    except (InvalidSignature, ValueError, TypeError):
         return False
     return True
+
+
+def append_to_file(target: CheckpointsFile | None, cp: dict[str, Any]) -> None:
+    """Append ``cp`` as one JSON line to ``checkpoints.file`` (created 0600, fsynced), so an
+    auditor can verify the ledger against checkpoints its writers cannot rewrite."""
+    if target is None:
+        return
+    path = Path(target.file)
+    line = (json.dumps(cp, sort_keys=True, separators=(",", ":")) + "\n").encode()
+    try:
+        _append(path, line)
+    except OSError as exc:
+        raise RetentiondError(
+            f"checkpoints.file {path}: cannot append the checkpoint at entry {cp['seq']} "
+            f"({exc.strerror}); it is in the state database (`audit checkpoint -o FILE`)"
+        ) from None
+
+
+def _append(path: Path, line: bytes) -> None:
+    created = not path.exists()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, line)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    if created:  # make the new directory entry durable too
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)

@@ -130,16 +130,18 @@ def header(app: App, since: str | None, until: str | None) -> str:
 
 
 def verification(app: App) -> tuple[bool, str]:
-    public_key = None
+    trusted: list[str] = []
     secret = app.policy.signing_key  # resolved to SecretBytes when the policy is loaded
     if isinstance(secret, SecretBytes):
-        public_key = checkpoint.public_hex(checkpoint.load_signing_key(secret.get_secret_value()))
+        trusted.append(checkpoint.public_hex(
+            checkpoint.load_signing_key(secret.get_secret_value())))
     try:
-        result = verify(app.state, public_key=public_key)
+        result = verify(app.state, trusted=trusted)
     except AuditError as exc:
         return False, str(exc)
+    unchecked = "" if result.signatures_checked else "; signatures not checked (no signing_key)"
     return True, (f"{result.entries} entries, head {result.head_hash}, "
-                  f"{result.checkpoints} checkpoints ({result.signed} signed)")
+                  f"{result.checkpoints} checkpoints ({result.signed} signed){unchecked}")
 
 
 def banner(ok: bool, text: str) -> str:

@@ -1,49 +1,128 @@
-"""``audit verify``, ``audit export`` and ``audit checkpoint``."""
+"""``audit verify``, ``audit export``, ``audit checkpoint`` and ``audit public-key``."""
 
 from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from pydantic import SecretBytes
 
 from retentiond import output
 from retentiond.app import App
 from retentiond.audit import checkpoint, export
+from retentiond.audit.verify import Verified
 from retentiond.audit.verify import verify as verify_chain
 from retentiond.errors import AuditError, UsageError
 from retentiond.timeutil import parse_instant
 
 
-def verify(app: App, checkpoint_file: str | None) -> int:
-    external = _read_checkpoint(checkpoint_file) if checkpoint_file else None
-    public_key = None
-    if app.policy.signing_key is not None:
-        key = checkpoint.load_signing_key(app.policy.signing_key.get_secret_value())
-        public_key = checkpoint.public_hex(key)
-    result = verify_chain(app.state, public_key=public_key, external=external)
+def verify(app: App, checkpoint_file: str | None, public_key_files: Sequence[str] = ()) -> int:
+    external = _read_checkpoints(checkpoint_file) if checkpoint_file else []
+    trusted, source = _trusted_keys(app, public_key_files)
+    result = verify_chain(app.state, trusted=trusted, external=external)
+    notes = _notes(result, source, checkpoint_file)
     if app.json:
         output.emit_json({"ok": True, "entries": result.entries, "head": result.head_hash,
-                          "checkpoints": result.checkpoints, "signed": result.signed})
+                          "checkpoints": result.checkpoints, "signed": result.signed,
+                          "signatures_checked": result.signatures_checked,
+                          "trusted_key": source, "external_checkpoints": result.external,
+                          "external_seq": result.external_seq, "notes": notes})
     else:
         output.line(f"audit trail verified: {result.entries} entries, head {result.head_hash}, "
                     f"{result.checkpoints} checkpoints ({result.signed} signed)")
+        sys.stdout.write("".join(f"{note}\n" for note in notes))  # plain: paths, no markup
     return 0
 
 
-def _read_checkpoint(path: str) -> dict[str, object]:
+def _trusted_keys(app: App, files: Sequence[str]) -> tuple[list[str], str | None]:
+    """The public keys (hex) signatures are checked against, and where they came from: the
+    --public-key files, else the policy's signing_key. Never a key from the state database."""
+    if files:
+        return [checkpoint.public_hex(checkpoint.load_public_key(
+            _read_bytes(path, "--public-key"), f"--public-key {path}")) for path in files], \
+            "public-key-file"
+    key = _signing_key(app)
+    return ([checkpoint.public_hex(key)], "signing-key") if key is not None else ([], None)
+
+
+def _signing_key(app: App) -> Ed25519PrivateKey | None:
+    secret = app.policy.signing_key  # resolved to SecretBytes when the policy is loaded
+    if isinstance(secret, SecretBytes):
+        return checkpoint.load_signing_key(secret.get_secret_value())
+    return None
+
+
+def _notes(result: Verified, source: str | None, checkpoint_file: str | None) -> list[str]:
+    where = {"public-key-file": "the --public-key file", "signing-key": "the policy's signing_key"}
+    notes = [f"signatures checked against the trusted public key from {where[source]}"
+             if source else "signatures NOT checked against a trusted key: give "
+             "--public-key FILE (from `audit public-key`) or set signing_key"]
+    if not checkpoint_file:
+        notes.append("no external checkpoint: a rewritten tail whose checkpoints were deleted "
+                     "cannot be detected, nor entries appended after the latest checkpoint "
+                     "(give --checkpoint FILE)")
+        return notes
+    later = result.entries - (result.external_seq or 0)
+    newer = f"; {later} later entries are not covered by it" if later > 0 else ""
+    notes.append(f"checked against {result.external} external checkpoint(s) in "
+                 f"{checkpoint_file}, the latest at entry {result.external_seq}{newer}")
+    return notes
+
+
+def _read_bytes(path: str, option: str) -> bytes:
     try:
-        doc = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"--checkpoint {path}: not a readable checkpoint JSON file ({exc})"
-                         ) from None
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise UsageError(f"{option} {path}: cannot read it ({exc.strerror})") from None
+
+
+def _read_checkpoints(path: str) -> list[dict[str, Any]]:
+    """One exported checkpoint (``audit checkpoint -o``) or a ``checkpoints.file`` of JSON
+    lines, one checkpoint each."""
+    text = _read_bytes(path, "--checkpoint").decode("utf-8", "replace")
+    try:
+        docs = [json.loads(text)]
+    except ValueError:
+        docs = [_json_line(path, n, line) for n, line in enumerate(text.splitlines(), 1)
+                if line.strip()]
+    if not docs:
+        raise AuditError(f"--checkpoint {path}: has no checkpoint in it")
+    return [_as_checkpoint(path, doc) for doc in docs]
+
+
+def _json_line(path: str, number: int, line: str) -> Any:
+    try:
+        return json.loads(line)
+    except ValueError as exc:
+        raise UsageError(f"--checkpoint {path}: line {number} is not JSON ({exc}); expected a "
+                         "checkpoint from `audit checkpoint -o` or a checkpoints.file") from None
+
+
+def _as_checkpoint(path: str, doc: Any) -> dict[str, Any]:
     if isinstance(doc, dict) and "checkpoint" in doc:
         doc = doc["checkpoint"]
     if not isinstance(doc, dict) or "seq" not in doc or "hash" not in doc:
         raise AuditError(f"--checkpoint {path}: has no seq and hash")
     return doc
+
+
+def public_key_cmd(app: App) -> int:
+    key = _signing_key(app)
+    if key is None:
+        raise UsageError(f"{app.config_path}: no signing_key is set, so checkpoints are not "
+                         "signed and there is no public key; set signing_key (an Ed25519 "
+                         "private key, PEM) first")
+    pem = checkpoint.public_pem(key)
+    if app.json:
+        output.emit_json({"public_key": checkpoint.public_hex(key), "pem": pem})
+    else:
+        sys.stdout.write(pem)
+    return 0
 
 
 def export_cmd(app: App, fmt: str, since: str | None, until: str | None,
