@@ -254,6 +254,7 @@ def _finish(app: App, report: SweepReport) -> None:
         cp = checkpoint.write(app.state, report.run_id, signing)
         log.info("checkpoint", run_id=report.run_id, seq=cp["seq"], hash=cp["hash"],
                  at=cp["at"], signature=cp["signature"])
+        checkpoint.append_to_file(app.policy.checkpoints, cp)
     status = "interrupted" if report.stopped else "failed" if report.exit_code else "ok"
     with app.state.begin() as conn:
         conn.execute(update(runs_t).where(runs_t.c.id == report.run_id).values(

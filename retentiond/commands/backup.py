@@ -46,7 +46,7 @@ def restored(app: App, store: str, taken_at: str) -> int:
     results = [r for r in results if r is not None]
     signing = (checkpoint.load_signing_key(policy.signing_key.get_secret_value())
                if policy.signing_key is not None else None)
-    checkpoint.write(app.state, run_id, signing)
+    checkpoint.append_to_file(policy.checkpoints, checkpoint.write(app.state, run_id, signing))
     doc = {"run_id": run_id, "store": store, "taken_at": since.isoformat(),
            "reapplied": [{"rule": r.rule, "action": r.action, "count": r.done, "held": r.held}
                          for r in results],
