@@ -314,6 +314,28 @@ def db_upgrade(ctx: click.Context, json_flag: bool) -> None:
     ctx.exit(db.upgrade(_app(ctx, json_flag)))
 
 
+def _database_error(exc: Exception, debug: bool) -> None:
+    """Exit on an error SQLAlchemy raised: 3 with one line for the state database's (SPEC 1),
+    else 1 naming only its class. Its text, and so a traceback's last line, can echo values."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from retentiond.state.faults import state_error
+
+    state = state_error(exc)
+    if state is None and not isinstance(exc, SQLAlchemyError):
+        return
+    if debug:
+        print("Traceback (most recent call last):", file=sys.stderr)
+        traceback.print_tb(exc.__traceback__, file=sys.stderr)
+        print(type(exc).__name__, file=sys.stderr)
+    if state is not None:
+        click.echo(f"error: {state}", err=True)
+        sys.exit(state.exit_code)
+    click.echo(f"error: internal error: {type(exc).__name__} in the database layer "
+               "(run with --debug for a traceback)", err=True)
+    sys.exit(1)
+
+
 def main(argv: list[str] | None = None) -> None:
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
     try:
@@ -333,6 +355,7 @@ def main(argv: list[str] | None = None) -> None:
             click.echo(f"error: {text}", err=True)
         sys.exit(exc.exit_code)
     except Exception as exc:  # noqa: BLE001 - last resort: one line, traceback with --debug
+        _database_error(exc, debug)
         if debug:
             traceback.print_exc()
         click.echo(f"error: internal error: {type(exc).__name__}: {exc} "

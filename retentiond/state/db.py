@@ -15,6 +15,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 
 from retentiond.errors import StateUnreachable
 from retentiond.log import get_logger, redact_url
+from retentiond.state import faults
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -48,7 +49,8 @@ def make_engine(url: str, *, store: bool = False) -> Engine:
     """An engine for the state database, or with ``store=True`` for a data store: a store's
     SQLite file is used as it is (no directories created, journal mode left alone)."""
     url = normalize_url(url)
-    kwargs: dict[str, Any] = {"future": True}
+    # hide_parameters: an error's text never carries the bound values (subject ids, keys)
+    kwargs: dict[str, Any] = {"future": True, "hide_parameters": True}
     if url.startswith("sqlite"):
         path = url.split(":///", 1)[-1]
         if path and path != ":memory:" and not store:
@@ -59,6 +61,8 @@ def make_engine(url: str, *, store: bool = False) -> Engine:
     engine = create_engine(url, **kwargs)
     if url.startswith("sqlite"):
         event.listen(engine, "connect", _store_pragmas if store else _sqlite_pragmas)
+    if not store:
+        faults.watch(engine, url)  # its errors become one line and exit 3 (cli.main)
     return engine
 
 
