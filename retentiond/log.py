@@ -32,6 +32,11 @@ def _import_structlog() -> Any:
 
 structlog = _import_structlog()
 
+# Libraries whose INFO/DEBUG records carry values (SQLAlchemy: bound parameters and result
+# rows; botocore/urllib3: request URLs and bodies naming object keys); even --debug keeps them
+# at WARNING.
+VALUE_LOGGERS = ("sqlalchemy", "botocore", "urllib3")
+
 _URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)(?P<pw>[^@\s]*)(?=@)")
 
 
@@ -81,8 +86,10 @@ def setup(*, debug: bool = False, stream: TextIO | None = None) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    for noisy in ("sqlalchemy", "alembic", "apscheduler", "botocore", "urllib3", "faker"):
+    for noisy in ("alembic", "apscheduler", "faker"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if debug else logging.WARNING)
+    for leaky in VALUE_LOGGERS:  # their debug output holds bound values, rows and bodies
+        logging.getLogger(leaky).setLevel(logging.WARNING)
 
 
 def _console_renderer() -> Any:
