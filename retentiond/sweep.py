@@ -9,6 +9,7 @@ settles the requests it served.
 from __future__ import annotations
 
 import json
+import traceback
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -16,16 +17,24 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import insert, select, update
+from sqlalchemy.exc import NoSuchTableError
 
 from retentiond import planner
 from retentiond.adapters.base import Adapter, Selection
 from retentiond.app import App
 from retentiond.audit import checkpoint, ledger
-from retentiond.errors import RetentiondError, StoreError, StoreUnreachable, UsageError
+from retentiond.errors import (
+    RetentiondError,
+    StateUnreachable,
+    StoreError,
+    StoreUnreachable,
+    UsageError,
+)
 from retentiond.executor import Executor, RuleResult
 from retentiond.log import get_logger
 from retentiond.policy.model import Rule
 from retentiond.requests import RequestTracker
+from retentiond.state import faults
 from retentiond.state.cases import open_requests, read_holds
 from retentiond.state.models import Pending, Run
 
@@ -55,7 +64,9 @@ class SweepReport:
         totals = {k: sum(getattr(r, k) for r in self.rules)
                   for k in ("due", "held", "kept", "done", "failed")}
         return {"run_id": self.run_id, "dry_run": self.dry_run,
-                "as_of": self.as_of.isoformat(), "rules": [r.as_json() for r in self.rules],
+                "as_of": self.as_of.isoformat(),
+                "rules": [{**r.as_json(), **({"error": r.error} if r.error else {})}
+                          for r in self.rules],
                 "requests": self.requests, "totals": totals}
 
 
@@ -102,8 +113,15 @@ def sweep(app: App, *, dry_run: bool, rule_ids: Sequence[str] = (),
         except StoreUnreachable as exc:
             report.unreachable = True
             _rule_failed(result, exc, tracker, rule)
+        except StateUnreachable:
+            raise
         except RetentiondError as exc:
             _rule_failed(result, exc, tracker, rule)
+        except Exception as exc:
+            if faults.is_state_error(exc):
+                raise  # the state database is gone: exit 3, not a failed rule
+            _rule_failed(result, RetentiondError(_unexpected(rule, exc, app.debug)), tracker,
+                         rule)
         log.info("rule swept", run_id=report.run_id, rule=rule.id, store=rule.store,
                  action=rule.action, dry_run=dry_run, due=result.due, held=result.held,
                  kept=result.kept, done=result.done, failed=result.failed,
@@ -211,6 +229,24 @@ def _strategies(rule: Rule) -> dict[str, str] | None:
     if rule.anonymize is None or "anonymize" not in (rule.action, rule.on_erasure):
         return None
     return {column: s.strategy for column, s in rule.anonymize.columns.items()}
+
+
+def _unexpected(rule: Rule, exc: Exception, debug: bool) -> str:
+    """One line for an error nobody mapped, naming only what the policy names: a driver's or
+    a KeyError's text can hold values. With --debug the traceback's frames are logged."""
+    if debug:
+        log.debug("rule traceback", rule=rule.id, error=type(exc).__name__,
+                  frames="".join(traceback.format_tb(exc.__traceback__)))
+    if isinstance(exc, NoSuchTableError):
+        return (f"table {rule.target} does not exist in store {rule.store}; "
+                "check the rule with `retentiond config validate`")
+    named = {rule.key, rule.clock, rule.subject, *rule.match}
+    if rule.anonymize is not None:
+        named |= {rule.anonymize.marker, *rule.anonymize.columns}
+    if isinstance(exc, KeyError) and exc.args and exc.args[0] in named - {None}:
+        return (f"column {exc.args[0]} does not exist in {rule.target} (store {rule.store}); "
+                "check the rule with `retentiond config validate`")
+    return f"unexpected {type(exc).__name__} (run with --debug for a traceback)"
 
 
 def _rule_failed(result: RuleResult, exc: RetentiondError, tracker: RequestTracker,
