@@ -245,11 +245,12 @@ class Daemon:
                                    replace_existing=True)
 
     def _unfinished(self) -> bool:
-        """Whether the latest real run was cut short (stopped, or its process died)."""
+        """Whether the latest real run was cut short (stopped, or its process died: still
+        ``running``, or already found ``crashed`` by another sweep)."""
         q = (sa.select(runs_t.c.status).where(runs_t.c.dry_run.is_(False))
              .order_by(runs_t.c.started_at.desc()).limit(1))
         with self.lease.engine.connect() as conn:
-            return conn.execute(q).scalar() in ("running", "interrupted")
+            return conn.execute(q).scalar() in ("running", "interrupted", "crashed")
 
     def _sweep_job(self, kind: str) -> None:
         time_based = kind != "requests"
@@ -272,7 +273,7 @@ class Daemon:
                 return
             log.info("sweep started", kind=kind)
             report = sweep(app, dry_run=False, should_stop=self.should_stop,
-                           time_based=time_based)
+                           time_based=time_based, holder=self.lease.holder)
         except Exception as exc:  # the daemon outlives a failed sweep
             self.last_error = str(exc) if isinstance(exc, RetentiondError) else type(exc).__name__
             log.error("sweep failed", kind=kind, error=self.last_error)

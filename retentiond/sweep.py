@@ -34,8 +34,9 @@ from retentiond.executor import Executor, RuleResult
 from retentiond.log import get_logger
 from retentiond.policy.model import Rule
 from retentiond.requests import RequestTracker
-from retentiond.state import faults
+from retentiond.state import faults, runs
 from retentiond.state.cases import open_requests, read_holds
+from retentiond.state.lease import holder_id
 from retentiond.state.models import Pending, Run
 
 log = get_logger(__name__)
@@ -81,9 +82,10 @@ def choose_rules(app: App, rule_ids: Sequence[str]) -> list[Rule]:
 
 def sweep(app: App, *, dry_run: bool, rule_ids: Sequence[str] = (),
           as_of: datetime | None = None, should_stop: Callable[[], bool] = lambda: False,
-          time_based: bool = True) -> SweepReport:
+          time_based: bool = True, holder: str | None = None) -> SweepReport:
     """One sweep. ``time_based=False`` serves only open erasure requests (the daemon's
-    frequent request pass)."""
+    frequent request pass). ``holder`` names this process in the run row (the daemon passes
+    its lease holder id); runs left ``running`` by dead processes are marked crashed first."""
     policy = app.policy
     rules = choose_rules(app, rule_ids)
     if as_of is not None and not dry_run:
@@ -91,10 +93,14 @@ def sweep(app: App, *, dry_run: bool, rule_ids: Sequence[str] = (),
     now = (as_of or datetime.now(UTC)).astimezone(UTC)
     report = SweepReport(run_id=uuid.uuid4().hex, dry_run=dry_run, as_of=now)
     state = app.state
+    crashed = runs.mark_crashed(state)
+    if crashed:
+        log.warning("crashed runs found", run_ids=crashed)
     with state.begin() as conn:
         conn.execute(insert(runs_t).values(id=report.run_id, started_at=datetime.now(UTC),
                                            as_of=now, dry_run=dry_run, status="running",
-                                           policy_digest=policy.digest))
+                                           policy_digest=policy.digest,
+                                           holder=holder or holder_id()))
     executor = None
     if not dry_run:
         executor = Executor(policy, state, {}, report.run_id, should_stop)

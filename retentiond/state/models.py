@@ -47,9 +47,11 @@ class Run(Base):
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     as_of: Mapped[datetime] = mapped_column(UTCDateTime())
     dry_run: Mapped[bool] = mapped_column(Boolean)
-    status: Mapped[str] = mapped_column(String(16))  # running, ok, failed, interrupted
+    status: Mapped[str] = mapped_column(String(16))  # running, ok, failed, interrupted, crashed
     policy_digest: Mapped[str] = mapped_column(String(64))
     summary: Mapped[str | None] = mapped_column(Text, nullable=True)  # the run's JSON document
+    # host:pid:random of the sweeping process; see retentiond.state.runs
+    holder: Mapped[str | None] = mapped_column(String(128), nullable=True)
 
 
 class LedgerEntry(Base):

@@ -32,6 +32,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from retentiond.audit.ledger import Refs
 from retentiond.state import cases
+from retentiond.state.db import HEAD_REVISION
 
 pytestmark = pytest.mark.slow
 
@@ -255,7 +256,8 @@ def test_notify_watchdog_reload_requests_metrics(ws: Any) -> None:
         assert significant(got) == ["READY=1"]
         tables = set(sa.inspect(sa.create_engine(ws.state_url)).get_table_names())
         assert {"runs", "ledger", "requests", "holds", "lease"} <= tables
-        assert select_all(ws.state_url, "select version_num from alembic_version") == [("0003",)]
+        assert select_all(ws.state_url, "select version_num from alembic_version") == [
+                (HEAD_REVISION,)]
         after = d.notify.until(lambda g: g.count("WATCHDOG=1") >= 4, 5)
         assert significant(after) == []
         assert next(m for m in after if m.startswith("STATUS=")) == (
