@@ -69,8 +69,9 @@ def release_hold(engine: Engine, hold_id: str, reason: str) -> None:
         if row.released_at is not None:
             raise UsageError(f"hold {hold_id} was already released at "
                              f"{row.released_at.isoformat(timespec='seconds')}")
+        # a released hold keeps only the subject's keyed reference, never its raw id
         conn.execute(update(holds_t).where(holds_t.c.id == hold_id).values(
-            released_at=datetime.now(UTC), release_reason=reason))
+            released_at=datetime.now(UTC), release_reason=reason, subject=None))
         ledger.append(conn, [ledger.Draft(
             kind="hold", rule=row.rule, store=row.store, reason="hold released",
             subject_ref=row.subject_ref, detail={"hold_id": hold_id, "scope": row.scope})])
