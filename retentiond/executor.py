@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import delete, insert, select
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from retentiond import planner
 from retentiond.adapters.base import Adapter, Selection
@@ -59,6 +59,14 @@ class RuleResult:
         if self.strategies:
             doc["strategies"] = self.strategies
         return doc
+
+
+def claim(conn: Connection, intent: int) -> bool:
+    """Remove an intent in the transaction that ledgers it; False when another transaction
+    removed it first (then that one ledgered it, and this one must not). On PostgreSQL the
+    second DELETE waits for the first transaction and then finds no row; SQLite serialises
+    writers."""
+    return conn.execute(delete(pending_t).where(pending_t.c.id == intent)).rowcount == 1
 
 
 def kind_of(reason: str) -> str:
@@ -130,22 +138,21 @@ class Executor:
             try:
                 take = (adapter.delete_next if sel.action == "delete"
                         else adapter.anonymize_next)
-                keys = take(current, after, self.policy.batch_size, intent)
+                batch = take(current, after, self.policy.batch_size, intent)
             except StoreError:
                 result.failed += len(written.get("refs", ()))
                 raise
-            if keys is None:
+            if batch is None:
                 return None if done == 0 and after is None else done
-            if not keys:
-                return done
-            self._record(current, written["id"], written["refs"], written["json"])
-            done += len(keys)
-            result.done += len(keys)
-            after = keys[-1]
+            if batch.disposed:
+                self._record(current, written["id"], written["refs"], written["json"])
+                done += len(batch.disposed)
+                result.done += len(batch.disposed)
+            if batch.last_read is None:
+                return done  # the selection has nothing left: the sweep of this rule is over
+            after = batch.last_read  # not the last disposed: a short batch is not the end
             if self.should_stop():
                 self.stopped = True
-                return done
-            if len(keys) < self.policy.batch_size:
                 return done
 
     def apply(self, sel: Selection, keys: Sequence[Any], result: RuleResult) -> int:
@@ -246,9 +253,12 @@ class Executor:
                              reason=sel.reason, record_refs=refs, subject_ref=sel.subject_ref,
                              detail=detail, refs_json=encoded)
         with self.state.begin() as conn:
+            if not claim(conn, intent):
+                # Settled by another sweep's reconciliation: it ledgered what is gone.
+                log.warning("intent already settled", rule=rule.id, count=len(refs))
+                return
             if refs:
                 ledger.append(conn, [draft])
-            conn.execute(delete(pending_t).where(pending_t.c.id == intent))
 
     # -- crash recovery -----------------------------------------------------------------------
     def reconcile(self) -> int:
@@ -272,9 +282,10 @@ class Executor:
                                  detail={**json.loads(row.detail), "count": len(gone),
                                          "reconciled": True})
             with self.state.begin() as conn:
+                if not claim(conn, row.id):
+                    continue  # another sweep settled it first
                 if gone:
                     ledger.append(conn, [draft])
-                conn.execute(delete(pending_t).where(pending_t.c.id == row.id))
             settled += len(gone)
             log.info("intent reconciled", rule=row.rule, disposed=len(gone),
                      untouched=len(present))

@@ -89,6 +89,17 @@ class Selection:
 
 
 @dataclass(frozen=True)
+class NextBatch:
+    """What one fast-path statement did: the keys it ``disposed`` (ascending) and the last key
+    it *read* (``last_read``), from which the next batch continues; ``last_read`` is None when
+    the selection had nothing left above ``after``. The two differ when a concurrent writer
+    changed or removed a picked record before the statement could lock it."""
+
+    disposed: list[Any]
+    last_read: Any
+
+
+@dataclass(frozen=True)
 class Candidate:
     key: Any
     subject: Any = None
@@ -160,16 +171,18 @@ class Adapter(abc.ABC):
         """Delete these records in one transaction; return the keys deleted."""
 
     def delete_next(self, selection: Selection, after: Any, limit: int,
-                    intent: Callable[[list[Any]], None]) -> list[Any] | None:
-        """Optional fast path for delete sweeps: dispose the next ``limit`` selected records
-        with keys above ``after`` in one transaction, calling ``intent(keys)`` after the
-        records are known and before the transaction commits (so the intent is durable first).
-        Returns the keys disposed, in ascending order, or None when the adapter has no such
-        path (the executor then scans and calls :meth:`delete`)."""
+                    intent: Callable[[list[Any]], None]) -> NextBatch | None:
+        """Optional fast path for delete sweeps: pick the next ``limit`` selected records with
+        keys above ``after`` and dispose those that still match the whole selection when they
+        are locked, in one transaction, calling ``intent(keys)`` after the records are known
+        and before the transaction commits (so the intent is durable first). Returns what was
+        disposed and the last key read (the sweep continues from there, so a batch shortened
+        by a concurrent writer does not end it), or None when the adapter has no such path
+        (the executor then scans and calls :meth:`delete`)."""
         return None
 
     def anonymize_next(self, selection: Selection, after: Any, limit: int,
-                       intent: Callable[[list[Any]], None]) -> list[Any] | None:
+                       intent: Callable[[list[Any]], None]) -> NextBatch | None:
         """The same fast path for anonymisation (see :meth:`delete_next`)."""
         return None
 

@@ -24,7 +24,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, NoSuchTableError, OperationalError
 
-from retentiond.adapters.base import Adapter, Candidate, Problem, Selection
+from retentiond.adapters.base import Adapter, Candidate, NextBatch, Problem, Selection
 from retentiond.adapters.sql_actions import SqlActions, isolated_name
 from retentiond.adapters.sqlexpr import (
     as_instant,
@@ -34,7 +34,7 @@ from retentiond.adapters.sqlexpr import (
     filter_expr,
     is_disconnect,
     keys_in,
-    next_keys,
+    take_next,
     where_text,
 )
 from retentiond.errors import StoreError, StoreUnreachable
@@ -309,26 +309,36 @@ class SqlAdapter(SqlActions, Adapter):
             return delete_returning(conn, table, key, where)
 
     def delete_next(self, selection: Selection, after: Any, limit: int,
-                    intent: Callable[[list[Any]], None]) -> list[Any] | None:
-        """The fast path of a delete sweep: one ``DELETE ... WHERE key IN (SELECT key ...
-        WHERE <selection> AND key > after ORDER BY key LIMIT n) RETURNING key`` per batch, the
-        intent written between the statement and the commit. MySQL/MariaDB cannot delete with
-        a LIMIT subquery on the same table, so they take the scan + delete path (None)."""
+                    intent: Callable[[list[Any]], None]) -> NextBatch | None:
+        """The fast path of a delete sweep: one statement per batch that picks the next keys
+        above ``after`` and deletes those still selected (:func:`take_next`), the intent
+        written between the statement and the commit. MySQL/MariaDB cannot delete with a LIMIT
+        subquery on the same table, so they take the scan + delete path (None)."""
         dialect = self.engine.dialect
         if dialect.name not in ("sqlite", "postgresql") or not dialect.delete_returning:
             return None
         table = self.table(selection.rule)
         key = table.c[str(selection.rule.key)]
+        dml = sa.delete(table).where(self.predicate(selection, table))
+        return self.run_next(f"deleting from {table.name}", dml, key,
+                             self.pick(selection, table, after, limit), intent)
+
+    def pick(self, selection: Selection, table: sa.Table, after: Any, limit: int
+             ) -> sa.Select[Any]:
+        """The next ``limit`` selected keys above ``after``, in key order."""
+        key = table.c[str(selection.rule.key)]
         pick = sa.select(key).where(self.predicate(selection, table))
         if after is not None:
             pick = pick.where(key > after)
-        pick = pick.order_by(key).limit(limit)
-        stmt = sa.delete(table).where(next_keys(dialect.name, key, pick)).returning(key)
-        with self._errors(f"deleting from {table.name}"), self.engine.begin() as conn:
-            keys = sorted(conn.execute(stmt).scalars().all())
-            if keys:
-                intent(keys)  # durable before the store commits: a crash here rolls back
-            return keys
+        return pick.order_by(key).limit(limit)
+
+    def run_next(self, doing: str, dml: Any, key: sa.Column[Any], pick: sa.Select[Any],
+                 intent: Callable[[list[Any]], None]) -> NextBatch:
+        with self._errors(doing), self.engine.begin() as conn:
+            batch = take_next(conn, dml, key, pick)
+            if batch.disposed:
+                intent(batch.disposed)  # durable before the store commits: a crash rolls back
+            return batch
 
 
 def sqlite_file(url: str) -> Path | None:

@@ -22,8 +22,8 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import NoSuchTableError
 
 from retentiond import anonymize as anon
-from retentiond.adapters.base import Candidate, Problem, Selection
-from retentiond.adapters.sqlexpr import bound, keys_in, next_keys
+from retentiond.adapters.base import Candidate, NextBatch, Problem, Selection
+from retentiond.adapters.sqlexpr import bound, keys_in
 
 if TYPE_CHECKING:
     from contextlib import AbstractContextManager
@@ -52,6 +52,10 @@ class SqlActions:
         def table(self, rule: Rule) -> sa.Table: ...
         def predicate(self, sel: Selection, table: sa.Table) -> sa.ColumnElement[bool]: ...
         def _errors(self, doing: str) -> AbstractContextManager[None]: ...
+        def pick(self, selection: Selection, table: sa.Table, after: Any, limit: int
+                 ) -> sa.Select[Any]: ...
+        def run_next(self, doing: str, dml: Any, key: sa.Column[Any], pick: sa.Select[Any],
+                     intent: Callable[[list[Any]], None]) -> NextBatch: ...
 
     # -- anonymize ----------------------------------------------------------------------------
     def anonymize(self, selection: Selection, keys: Sequence[Any]) -> list[Any]:
@@ -82,11 +86,11 @@ class SqlActions:
             return [r[0] for r in rows]
 
     def anonymize_next(self, selection: Selection, after: Any, limit: int,
-                       intent: Callable[[list[Any]], None]) -> list[Any] | None:
-        """When every strategy is SQL-expressible: one ``UPDATE ... WHERE key IN (SELECT key
-        ... LIMIT n) RETURNING key`` per batch, the intent written before the commit (as
-        ``delete_next``). None otherwise, and on dialects without UPDATE ... RETURNING or with
-        no LIMIT subqueries on the updated table (MySQL/MariaDB)."""
+                       intent: Callable[[list[Any]], None]) -> NextBatch | None:
+        """When every strategy is SQL-expressible: one ``UPDATE ... WHERE <selection> AND key
+        IN (<the next keys>) RETURNING key`` per batch (:func:`take_next`), the intent written
+        before the commit (as ``delete_next``). None otherwise, and on dialects without UPDATE
+        ... RETURNING or with no LIMIT subqueries on the updated table (MySQL/MariaDB)."""
         rule = selection.rule
         assert rule.anonymize is not None
         dialect = self.engine.dialect
@@ -97,17 +101,9 @@ class SqlActions:
         key = table.c[str(rule.key)]
         marker = table.c[rule.anonymize.marker]
         values = {marker.name: bound(marker, selection.now)} | self._sql_values(rule, table)
-        pick = sa.select(key).where(self.predicate(selection, table))
-        if after is not None:
-            pick = pick.where(key > after)
-        pick = pick.order_by(key).limit(limit)
-        stmt = (sa.update(table).where(next_keys(dialect.name, key, pick)).values(**values)
-                .returning(key))
-        with self._errors(f"anonymising {table.name}"), self.engine.begin() as conn:
-            keys = sorted(conn.execute(stmt).scalars().all())
-            if keys:
-                intent(keys)  # durable before the store commits
-            return keys
+        dml = sa.update(table).where(self.predicate(selection, table)).values(**values)
+        return self.run_next(f"anonymising {table.name}", dml, key,
+                             self.pick(selection, table, after, limit), intent)
 
     def _secret(self) -> bytes:
         return self.policy.secret_key.get_secret_value()

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import OperationalError
 
-from retentiond.adapters.base import Filter
+from retentiond.adapters.base import Filter, NextBatch
 
 
 def keys_in(dialect: str, key: sa.Column[Any], keys: Sequence[Any]) -> sa.ColumnElement[bool]:
@@ -34,14 +34,35 @@ def delete_returning(conn: Connection, table: sa.Table, key: sa.Column[Any],
     return list(locked)
 
 
-def next_keys(dialect: str, key: sa.Column[Any], select: sa.Select[Any]) -> Any:
-    """``key IN (<select ... LIMIT n>)`` in the form each planner handles well: PostgreSQL
-    plans ``IN (subquery with LIMIT)`` as a scan of the whole table, ``= ANY(ARRAY(...))`` as an
-    index range."""
-    if dialect == "postgresql":
+def take_next(conn: Connection, dml: Any, key: sa.Column[Any], pick: sa.Select[Any]
+              ) -> NextBatch:
+    """Run one fast-path batch: ``dml`` (a ``DELETE`` or ``UPDATE`` whose WHERE already carries
+    the whole selection) restricted to the keys ``pick`` reads, ``RETURNING key``.
 
-        return key == sa.any_(sa.func.array(select.scalar_subquery()))
-    return key.in_(select.scalar_subquery())
+    The selection stays on the statement that disposes, not only on ``pick``: when the
+    statement waits on a row lock and the other transaction commits a change that makes the
+    row no longer due, PostgreSQL re-evaluates the statement's own conditions on the new row
+    version (EvalPlanQual) and leaves the row alone; a condition only inside ``pick`` is not
+    re-evaluated. The last key *read* comes back with the disposed ones, so a batch that lost
+    rows to a concurrent writer does not end the sweep.
+
+    PostgreSQL: one statement, ``WITH picked AS (pick), gone AS (dml WHERE key =
+    ANY(ARRAY(SELECT key FROM picked)) RETURNING key) SELECT ... FROM gone UNION ALL <the last
+    picked key>`` (``= ANY(ARRAY(...))`` plans as an index range, ``IN (subquery with LIMIT)``
+    as a scan of the whole table). SQLite: ``dml WHERE key IN (pick)``; a SQLite statement
+    holds the database's write lock from its start, so what it read is what it disposed."""
+    if conn.dialect.name == "postgresql":
+        picked = pick.cte("picked")
+        gone = (dml.where(key == sa.any_(sa.func.array(sa.select(picked.c[0]).scalar_subquery())))
+                .returning(key).cte("gone"))
+        last = sa.select(picked.c[0]).order_by(picked.c[0].desc()).limit(1).subquery("last")
+        rows = conn.execute(sa.select(gone.c[0], sa.literal(1)).union_all(
+            sa.select(last.c[0], sa.literal(0)))).all()
+        disposed = sorted(r[0] for r in rows if r[1] == 1)
+        return NextBatch(disposed, next((r[0] for r in rows if r[1] == 0), None))
+    keys = sorted(conn.execute(dml.where(key.in_(pick.scalar_subquery())).returning(key))
+                  .scalars())
+    return NextBatch(keys, keys[-1] if keys else None)
 
 
 def is_disconnect(exc: OperationalError) -> bool:

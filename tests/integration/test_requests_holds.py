@@ -41,7 +41,7 @@ from marketplace import (
     years_before,
 )
 
-from retentiond.adapters.base import Selection
+from retentiond.adapters.base import NextBatch, Selection
 from retentiond.adapters.registry import register, unregister
 from retentiond.adapters.sql import SqlAdapter
 from retentiond.app import App
@@ -385,10 +385,11 @@ class HoldAfterFirstBatch(SqlAdapter):
         return self._after(super().delete(selection, keys))
 
     def delete_next(self, selection: Selection, after: Any, limit: int,
-                    intent: Callable[[list[Any]], None]) -> list[Any] | None:
-        fast = getattr(super(), "delete_next", None)
-        keys = fast(selection, after, limit, intent) if fast is not None else None
-        return None if keys is None else self._after(keys)
+                    intent: Callable[[list[Any]], None]) -> NextBatch | None:
+        batch = super().delete_next(selection, after, limit, intent)
+        if batch is not None:
+            self._after(batch.disposed)
+        return batch
 
     def _after(self, disposed: list[Any]) -> list[Any]:
         if not disposed:
