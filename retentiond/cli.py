@@ -15,8 +15,8 @@ import click
 from retentiond import __version__
 from retentiond import log as logsetup
 from retentiond.app import App
-from retentiond.errors import RetentiondError, UsageError
-from retentiond.timeutil import parse_instant
+from retentiond.errors import RetentiondError, UsageError, one_line, shown
+from retentiond.timeutil import InstantOutOfRange, in_planning_range, parse_instant
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -30,6 +30,24 @@ def _app(ctx: click.Context, json_flag: bool = False) -> App:
 def json_option(fn: F) -> F:
     return click.option("--json", "json_flag", is_flag=True,
                         help="Print exactly one JSON document on stdout.")(fn)
+
+
+MAX_VALUE = 1024  # characters of a subject id or record key typed on the command line
+
+
+def _plain_value(_: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """A subject id or record key: not blank, one line without control characters, and of a
+    length a database column can hold."""
+    if value is None:
+        return None
+    name = param.opts[0] if param.param_type_name == "option" else str(param.human_readable_name)
+    problem = ("must not be empty or blank" if not value.strip() else
+               "must not contain control characters (newlines, tabs, escapes)"
+               if one_line(value) != value else
+               f"is longer than {MAX_VALUE} characters" if len(value) > MAX_VALUE else None)
+    if problem:
+        raise UsageError(f"{name} {shown(value)}: {problem}")
+    return value
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -77,11 +95,17 @@ def _as_of(value: str | None, app: App) -> datetime | None:
     if value is None:
         return None
     try:
-        return parse_instant(value, app.policy.tz)
+        when = parse_instant(value, app.policy.tz)
+    except InstantOutOfRange:
+        when = None
     except ValueError:
-        raise UsageError(f"--as-of {value!r}: not an ISO 8601 instant "
+        raise UsageError(f"--as-of {shown(value)}: not an ISO 8601 instant "
                          "(e.g. 2026-11-22T03:00:00Z; without an offset it is in `timezone`)"
                          ) from None
+    if when is None or not in_planning_range(when):
+        raise UsageError(f"--as-of {shown(value)}: must be between 1970-01-01 and 9000-01-01 "
+                         "(UTC)")
+    return when
 
 
 @cli.command("plan")
@@ -197,7 +221,7 @@ def request_group() -> None:
 
 
 @request_group.command("erase")
-@click.argument("subject")
+@click.argument("subject", callback=_plain_value)
 @click.option("--kind", default="user", show_default=True, help="The subject_kind of the rules.")
 @click.option("--ref", help="An external reference (ticket number).")
 @click.option("--due", metavar="DURATION", help="Deadline from now (default requests.erasure_due).")
@@ -229,7 +253,7 @@ def hold_group() -> None:
 
 
 @hold_group.command("add")
-@click.option("--subject", help="Hold every record of this subject.")
+@click.option("--subject", callback=_plain_value, help="Hold every record of this subject.")
 @click.option("--kind", default="user", show_default=True, help="The subject's subject_kind.")
 @click.option("--rule", "rule", metavar="ID", help="Hold every record of this rule.")
 @click.option("--store", metavar="NAME", help="Hold every record in this store.")
@@ -270,7 +294,7 @@ def hold_list(ctx: click.Context, active_only: bool, json_flag: bool) -> None:
 
 @cli.command("explain")
 @click.option("--rule", "rule_id", required=True, metavar="ID")
-@click.option("--key", required=True, metavar="KEY")
+@click.option("--key", required=True, metavar="KEY", callback=_plain_value)
 @json_option
 @click.pass_context
 def explain_cmd(ctx: click.Context, rule_id: str, key: str, json_flag: bool) -> None:
@@ -343,7 +367,7 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.ClickException as exc:
-        click.echo(f"error: {exc.format_message()}", err=True)
+        click.echo(f"error: {one_line(exc.format_message())}", err=True)
         sys.exit(2)
     except click.exceptions.Abort:
         click.echo("error: aborted", err=True)
@@ -358,7 +382,7 @@ def main(argv: list[str] | None = None) -> None:
         _database_error(exc, debug)
         if debug:
             traceback.print_exc()
-        click.echo(f"error: internal error: {type(exc).__name__}: {exc} "
+        click.echo(f"error: internal error: {type(exc).__name__}: {one_line(str(exc))[:200]} "
                    "(run with --debug for a traceback)", err=True)
         sys.exit(1)
     sys.exit(code if isinstance(code, int) else 0)

@@ -198,12 +198,30 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+# The instants a sweep may be planned at: durations reach 1000 years either way from them.
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(9000, 1, 1, tzinfo=UTC)
+
+
+class InstantOutOfRange(ValueError):
+    """An ISO 8601 instant that exists but not in UTC (before year 1 or after 9999)."""
+
+
 def parse_instant(text: str, tz: ZoneInfo) -> datetime:
-    """Parse an ISO 8601 instant; a naive value is taken in ``tz``. Returns UTC."""
+    """Parse an ISO 8601 instant; a naive value is taken in ``tz``. Returns UTC.
+    ValueError (never OverflowError) when it is not one or cannot be expressed in UTC."""
     value = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
     if value.tzinfo is None:
         value = value.replace(tzinfo=tz)
-    return value.astimezone(UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise InstantOutOfRange(f"{text!r} is outside the years 1-9999 in UTC") from None
+
+
+def in_planning_range(value: datetime) -> bool:
+    """True when ``value`` is between :data:`EARLIEST` and :data:`LATEST` (exclusive)."""
+    return EARLIEST <= value < LATEST
 
 
 def to_utc(value: datetime | date, tz: ZoneInfo) -> datetime:

@@ -8,7 +8,7 @@ from typing import Any
 from retentiond import output, planner
 from retentiond.app import App
 from retentiond.audit.ledger import Refs
-from retentiond.errors import UsageError
+from retentiond.errors import UsageError, shown
 from retentiond.state.cases import open_requests, read_holds
 
 _RANK = {"held": 0, "kept": 1, "erase": 1, "due": 2}
@@ -21,7 +21,11 @@ def explain(app: App, rule_id: str, key: str) -> int:
     except KeyError:
         raise UsageError(f"--rule {rule_id}: no such rule") from None
     rules = [rule, *planner.overlapping(rule, policy.rules)]
-    facts = app.adapter(rule.store).facts(rules, key)
+    try:
+        facts = app.adapter(rule.store).facts(rules, key)
+    except OverflowError:  # a number too large for the driver (SQLite: 64 bits)
+        raise UsageError(f"--key {shown(key)}: does not fit the key column {rule.key} of "
+                         f"{rule.store}.{rule.target}") from None
     if facts is None:
         raise UsageError(f"--key {key}: no record with {rule.key} = {key} in "
                          f"{rule.store}.{rule.target}")
@@ -44,7 +48,7 @@ def _winner(verdicts: list[planner.Verdict]) -> planner.Verdict | None:
 
 def _document(app: App, rule: Any, key: str, facts: planner.Facts, sit: planner.Situation,
               verdicts: list[planner.Verdict]) -> dict[str, Any]:
-    refs = Refs(app.policy.secret_key.get_secret_value())
+    refs = Refs(app.policy.secret_bytes)
     subject_ref = (refs.subject(rule.subject_kind, facts.subject)
                    if facts.subject is not None else None)
     win = _winner(verdicts)
