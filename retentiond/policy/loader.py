@@ -19,6 +19,7 @@ from pydantic import ValidationError
 
 from retentiond.errors import PolicyError
 from retentiond.policy.checks import cross_check
+from retentiond.policy.keys import read_regular_file
 from retentiond.policy.model import STRATEGY_NAMES, Policy, known_keys
 
 _ENV = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -28,10 +29,12 @@ Problem = tuple[str, str]
 def load_policy(path: str | Path) -> Policy:
     path = Path(path)
     try:
-        raw_bytes = path.read_bytes()
+        raw_bytes = read_regular_file(path, MAX_POLICY_FILE)
     except OSError as exc:
         raise PolicyError([(str(path), f"cannot read policy file: {exc.strerror}; pass "
                             "--config PATH or set $RETENTIOND_CONFIG")]) from None
+    except ValueError as exc:
+        raise PolicyError([(str(path), f"cannot read policy file: it {exc}")]) from None
     return parse_policy(raw_bytes, path)
 
 
@@ -53,20 +56,103 @@ def parse_policy(raw_bytes: bytes, path: Path | None = None) -> Policy:
 
 
 # -- YAML -------------------------------------------------------------------------------------
-class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that refuses a key given twice in one mapping (YAML would keep the last one
-    silently, so ``dispose_after`` written twice would quietly change the policy)."""
+MAX_POLICY_FILE = 1024 * 1024
+MAX_DEPTH = 64  # a real policy nests about 7 levels deep
+MAX_NODES = 250_000  # values after every alias is expanded: a billion laughs stays a few
+MAX_CHARS = 16 * 1024 * 1024  # characters of text after every alias is expanded
+_MERGE = "tag:yaml.org,2002:merge"
 
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader with limits: the node graph is composed (nesting at most MAX_DEPTH deep) and
+    measured before anything is constructed, so an alias bomb, a recursive anchor or a complex
+    key (``? [a, b]``) is a policy error with its line and column. A key given twice in one
+    mapping is refused (YAML would keep the last one silently, so ``dispose_after`` written
+    twice would quietly change the policy); merge keys (``<<: *base``) work as in YAML 1.1."""
+
+    def __init__(self, stream: bytes) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise _error(f"nested more than {MAX_DEPTH} levels deep",
+                             self.peek_event().start_mark)  # type: ignore[no-untyped-call]
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def get_single_data(self) -> Any:
+        node = self.get_single_node()
+        if node is None:
+            return None
+        self._measure(node)
+        return self.construct_document(node)
+
+    def _measure(self, root: yaml.Node) -> None:
+        """Walk the graph once (iteratively, each shared node once): refuse cycles, complex
+        and duplicate keys, and graphs that expand past MAX_NODES, MAX_CHARS or MAX_DEPTH."""
+        sizes: dict[int, tuple[int, int, int]] = {}  # id -> (nodes, chars, depth) expanded
+        on_path: set[int] = set()
+        stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+        while stack:
+            node, finished = stack.pop()
+            if finished:
+                on_path.discard(id(node))
+                sizes[id(node)] = _expanded(node, sizes)
+                continue
+            if id(node) in sizes:
+                continue
+            if id(node) in on_path:
+                raise _error("recursive alias: an anchor is used inside itself",
+                             node.start_mark)
+            if isinstance(node, yaml.MappingNode):
+                self._check_keys(node)
+            on_path.add(id(node))
+            stack.append((node, True))
+            stack.extend((child, False) for child in _children(node))
+
+    def _check_keys(self, node: yaml.MappingNode) -> None:
         seen: dict[Any, int] = {}
         for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key_node, yaml.ScalarNode):
+                raise _error("complex mapping key ('? [...]' or '? {...}'); a key is a plain "
+                             "name", key_node.start_mark)
+            if key_node.tag == _MERGE:
+                continue
+            key = self.construct_object(key_node)
             if isinstance(key, str | int) and key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r} (first on line {seen[key] + 1}); "
-                    "remove one of them", key_node.start_mark)
+                raise _error(f"duplicate key {key!r} (first on line {seen[key] + 1}); remove "
+                             "one of them", key_node.start_mark)
             seen[key] = key_node.start_mark.line
-        return super().construct_mapping(node, deep=deep)
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
+
+
+def _expanded(node: yaml.Node, sizes: dict[int, tuple[int, int, int]]) -> tuple[int, int, int]:
+    kids = [sizes[id(child)] for child in _children(node)]
+    nodes = 1 + sum(k[0] for k in kids)
+    chars = (len(node.value) if isinstance(node, yaml.ScalarNode) else 0) + sum(k[1] for k in kids)
+    depth = 1 + max((k[2] for k in kids), default=0)
+    if nodes > MAX_NODES or chars > MAX_CHARS:
+        raise _error(f"aliases expand this to more than {MAX_NODES:,} values or "
+                     f"{MAX_CHARS // 2**20} MiB of text; write it out with fewer aliases",
+                     node.start_mark)
+    if depth > MAX_DEPTH:
+        raise _error(f"aliases nest this more than {MAX_DEPTH} levels deep", node.start_mark)
+    return nodes, chars, depth
+
+
+def _error(problem: str, mark: Any) -> yaml.constructor.ConstructorError:
+    return yaml.constructor.ConstructorError(None, None, problem, mark)
 
 
 def _read_yaml(raw_bytes: bytes, where: str) -> dict[str, Any]:
@@ -104,6 +190,10 @@ def _expand(m: re.Match[str], path: str, unset: list[Problem]) -> str:
     if m.group(0) == "$$":
         return "$"
     name, default = m.group(1), m.group(2)
+    if default is not None and "${" in default:
+        unset.append((path, f"${{{name}:-...}}: a default cannot contain another ${{...}}; "
+                      "give a plain default"))
+        return m.group(0)
     if name in os.environ:
         return os.environ[name]
     if default is not None:

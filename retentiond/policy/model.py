@@ -8,13 +8,11 @@ problem is reported at once, each with its path.
 from __future__ import annotations
 
 import hashlib
-import os
 import re
-import stat
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, cast
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
@@ -26,12 +24,25 @@ from pydantic import (
     PlainSerializer,
     PrivateAttr,
     SecretBytes,
+    Strict,
+    ValidationInfo,
     WithJsonSchema,
-    model_validator,
+    field_validator,
 )
 
+from retentiond.policy.keys import (
+    SecretKey,
+    SecretRef,
+    SecretString,
+    SigningKey,
+    load_signing_key,
+)
 from retentiond.policy.sqltext import check_identifier, check_where
+from retentiond.policy.urls import check_url
 from retentiond.timeutil import Duration, parse_duration
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 # The same language as timeutil.parse_duration (tests/unit/test_policy.py checks they agree).
 DURATION_PATTERN = (r"^([0-9]+(h|d|w|mo|y)|P(?!$)([0-9]+Y)?([0-9]+M)?([0-9]+W)?([0-9]+D)?"
@@ -47,6 +58,18 @@ DurationField = Annotated[
 Identifier = Annotated[str, AfterValidator(check_identifier)]
 TableName = Annotated[str, AfterValidator(lambda v: check_identifier(v, qualified=True))]
 Action = Literal["delete", "anonymize", "isolate"]
+# Strict scalars: ``true`` is not 1 and ``'1000'`` is not 1000 in a policy file.
+WholeNumber = Annotated[int, Strict()]
+Number = Annotated[float, Strict()]
+Flag = Annotated[bool, Strict()]
+
+
+def _exact_int(value: Any) -> Any:
+    """Python has ``1.0 == True == 1``; a policy's ``version: 1.0`` or ``true`` is still wrong."""
+    if type(value) is not int:
+        shown = str(value).lower() if isinstance(value, bool) else repr(value)
+        raise ValueError(f"must be the whole number 1, got {shown}")
+    return value
 
 
 def _matching(pattern: str, what: str) -> Callable[[str], str]:
@@ -78,94 +101,6 @@ ProviderName = Annotated[str, *_name(r"[a-z_][a-z0-9_]*", "a Faker provider name
 
 class _Model(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
-
-
-# --- secrets -------------------------------------------------------------------------------
-
-
-class SecretRef(_Model):
-    """Where a secret lives: exactly one of a file, an environment variable, or a systemd
-    credential (``LoadCredential=``, read from ``$CREDENTIALS_DIRECTORY``)."""
-
-    file: str | None = None
-    env: str | None = None
-    credential: str | None = None
-
-    @model_validator(mode="after")
-    def _exactly_one(self) -> SecretRef:
-        if sum(v is not None for v in (self.file, self.env, self.credential)) != 1:
-            raise ValueError("give exactly one of file, env or credential")
-        return self
-
-
-_SECRET_FORMS = "a string, {file: PATH}, {env: NAME} or {credential: NAME}"  # noqa: S105
-
-
-def _secret_source(value: Any) -> Any:
-    """Accept a string or a mapping with exactly one of file/env/credential, with one clear
-    message instead of one error per member of the ``str | SecretRef`` union."""
-    if value is None or isinstance(value, str | SecretRef):
-        return value
-    if not isinstance(value, Mapping):
-        raise ValueError(f"expected {_SECRET_FORMS}, got {type(value).__name__}")
-    unknown = sorted(set(value) - {"file", "env", "credential"}, key=str)
-    if unknown:
-        raise ValueError(f"unknown key {unknown[0]!r}; a secret is {_SECRET_FORMS}")
-    given = {k: v for k, v in value.items() if v is not None}
-    if len(given) != 1:
-        raise ValueError(f"give exactly one of file, env or credential ({_SECRET_FORMS})")
-    (kind, where), = given.items()
-    if not isinstance(where, str) or not where:
-        raise ValueError(f"{kind} must be a non-empty string")
-    if kind == "credential" and ("/" in where or where in (".", "..")):
-        raise ValueError(f"credential {where!r} must be a plain name inside "
-                         "$CREDENTIALS_DIRECTORY, without '/'")
-    return SecretRef(**{kind: where})
-
-
-def read_secret(value: str | SecretRef) -> bytes:
-    if isinstance(value, str):
-        return value.encode()
-    if value.env is not None:
-        if value.env not in os.environ:
-            raise ValueError(f"environment variable {value.env} is not set")
-        return os.environ[value.env].encode()
-    if value.credential is not None:
-        directory = os.environ.get("CREDENTIALS_DIRECTORY")
-        if not directory:
-            raise ValueError(f"credential {value.credential}: $CREDENTIALS_DIRECTORY is not set")
-        return _read_key_file(Path(directory) / value.credential)
-    return _read_key_file(Path(str(value.file)))
-
-
-def _read_key_file(path: Path) -> bytes:
-    try:
-        mode = path.stat().st_mode
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ValueError(f"cannot read key file {path}: {exc.strerror}") from None
-    if mode & stat.S_IROTH:
-        raise ValueError(f"key file {path} is readable by others; chmod 600 it")
-    return data.rstrip(b"\r\n")
-
-
-def _resolve_secret_key(value: str | SecretRef) -> SecretBytes:
-    data = read_secret(value)
-    if len(data) < 32:
-        raise ValueError(f"secret_key is {len(data)} bytes; it must be at least 32 bytes")
-    return SecretBytes(data)
-
-
-def _resolve_optional(value: str | SecretRef | None) -> SecretBytes | None:
-    return None if value is None else SecretBytes(read_secret(value))
-
-
-SecretKey = Annotated[str | SecretRef, BeforeValidator(_secret_source),
-                     AfterValidator(_resolve_secret_key)]
-OptionalSecret = Annotated[str | SecretRef | None, BeforeValidator(_secret_source),
-                           AfterValidator(_resolve_optional)]
-SecretString = Annotated[str | SecretRef, BeforeValidator(_secret_source),
-                         AfterValidator(lambda v: read_secret(v).decode())]
 
 
 # --- match conditions -----------------------------------------------------------------------
@@ -247,15 +182,15 @@ class ConstantStrategy(_Model):
 
 class MaskStrategy(_Model):
     strategy: Literal["mask"]
-    keep_first: int = Field(0, ge=0)
-    keep_last: int = Field(0, ge=0)
+    keep_first: WholeNumber = Field(0, ge=0)
+    keep_last: WholeNumber = Field(0, ge=0)
     char: str = Field("*", min_length=1, max_length=1)
     format: Literal["email"] | None = None
 
 
 class HmacStrategy(_Model):
     strategy: Literal["hmac"]
-    length: int | None = Field(None, ge=8, le=64)
+    length: WholeNumber | None = Field(None, ge=8, le=64)
     format: Literal["email"] | None = None
     domain: str = "anonymized.invalid"
 
@@ -264,7 +199,7 @@ class FakeStrategy(_Model):
     strategy: Literal["fake"]
     provider: ProviderName
     locale: str | None = None
-    deterministic: bool = False
+    deterministic: Flag = False
 
 
 class TruncateDateStrategy(_Model):
@@ -274,7 +209,7 @@ class TruncateDateStrategy(_Model):
 
 class RoundStrategy(_Model):
     strategy: Literal["round"]
-    step: float = Field(gt=0)
+    step: Number = Field(gt=0)
 
 
 Strategy = Annotated[
@@ -315,6 +250,12 @@ class Store(_Model):
     backups: Backups | None = None
     options: dict[str, Any] = Field(default_factory=dict)
 
+    @field_validator("url")
+    @classmethod
+    def _sql_url(cls, url: str | None, info: ValidationInfo) -> str | None:
+        """Only the sql adapter's URLs are SQLAlchemy URLs; others are the adapter's own."""
+        return check_url(url) if url is not None and info.data.get("adapter") == "sql" else url
+
 
 class Rule(_Model):
     id: RuleId
@@ -352,7 +293,7 @@ class RequestOptions(_Model):
 
 
 class MetricsOptions(_Model):
-    port: int = Field(ge=1, le=65535)
+    port: WholeNumber = Field(ge=1, le=65535)
     address: str = "127.0.0.1"
 
 
@@ -374,14 +315,14 @@ def _zone(v: str) -> str:
 
 
 class Policy(_Model):
-    version: Literal[1]
+    version: Annotated[Literal[1], BeforeValidator(_exact_int)]
     timezone: Annotated[str, AfterValidator(_zone)] = "UTC"
-    state: str = "sqlite:////var/lib/retentiond/state.db"
+    state: Annotated[str, AfterValidator(check_url)] = "sqlite:////var/lib/retentiond/state.db"
     secret_key: SecretKey
-    signing_key: OptionalSecret = None
+    signing_key: SigningKey = None
     checkpoints: CheckpointsFile | None = None
     schedule: str = "0 3 * * *"
-    batch_size: int = Field(5000, ge=1, le=100_000)
+    batch_size: WholeNumber = Field(5000, ge=1, le=100_000)
     requests: RequestOptions = Field(default_factory=RequestOptions)
     metrics: MetricsOptions | None = None
     stores: dict[StoreName, Store]
@@ -408,6 +349,19 @@ class Policy(_Model):
             if r.id == rule_id:
                 return r
         raise KeyError(rule_id)
+
+    @property
+    def secret_bytes(self) -> bytes:
+        """``secret_key`` as bytes (at least 32), checked when the policy was loaded."""
+        return cast(SecretBytes, self.secret_key).get_secret_value()
+
+    @property
+    def signing_private_key(self) -> Ed25519PrivateKey | None:
+        """``signing_key`` as an Ed25519 private key, or None; it parsed when the policy was
+        loaded, so this does not fail."""
+        if self.signing_key is None:
+            return None
+        return load_signing_key(cast(SecretBytes, self.signing_key).get_secret_value())
 
     def with_origin(self, path: Path | None, raw: bytes) -> Policy:
         self._path = path

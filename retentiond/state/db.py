@@ -54,7 +54,7 @@ def make_engine(url: str, *, store: bool = False) -> Engine:
     if url.startswith("sqlite"):
         path = url.split(":///", 1)[-1]
         if path and path != ":memory:" and not store:
-            Path(path.split("?")[0]).parent.mkdir(parents=True, exist_ok=True)
+            _make_parent(Path(path.split("?")[0]), url)
         kwargs["connect_args"] = {"timeout": 60}
     else:
         kwargs["pool_pre_ping"] = True
@@ -64,6 +64,17 @@ def make_engine(url: str, *, store: bool = False) -> Engine:
     if not store:
         faults.watch(engine, url)  # its errors become one line and exit 3 (cli.main)
     return engine
+
+
+def _make_parent(path: Path, url: str) -> None:
+    """Create the directory of the state database's SQLite file (StateUnreachable if it
+    cannot be created)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StateUnreachable(
+            f"state database {redact_url(url)}: cannot create {path.parent}: {exc.strerror}; "
+            "check `state:` in the policy") from None
 
 
 def _store_pragmas(dbapi_conn: Any, _: Any) -> None:

@@ -161,7 +161,8 @@ def short_secret(s: Setup) -> list[str]:
 def readable_key(s: Setup) -> list[str]:
     path = _key(s, "open.key", "k" * 64, 0o644)
     s.policy(secret_key={"file": str(path)})
-    return [f"error: secret_key: key file {path} is readable by others; chmod 600 it"]
+    return [f"error: secret_key: key file {path} is readable by group or others; chmod 600 "
+            f"{path}"]
 
 
 def missing_env(s: Setup) -> list[str]:

@@ -169,8 +169,8 @@ CASES: list[tuple[str, Callable[[dict[str, Any]], dict[str, Any]], list[str]]] =
     ("unknown rule key", lambda b: with_rule(b, colour="red"), ["rules[0].colour: unknown key"]),
     ("misspelt rule key", lambda b: with_rule(b, keep_fro="1y"),
      ["rules[0].keep_fro: unknown key (did you mean 'keep_for'?)"]),
-    ("unknown store key", lambda b: with_(b, stores={"app": {"adapter": "sql", "url": "x",
-                                                              "colour": 1}}),
+    ("unknown store key", lambda b: with_(b, stores={"app": {
+        "adapter": "sql", "url": "sqlite:///a.db", "colour": 1}}),
      ["stores.app.colour: unknown key"]),
     ("unknown strategy key", lambda b: with_rule(b, action="anonymize", anonymize={
         "marker": "m", "columns": {"email": {"strategy": "mask", "keep": 1}}}),
@@ -226,8 +226,8 @@ CASES: list[tuple[str, Callable[[dict[str, Any]], dict[str, Any]], list[str]]] =
     ("bad rule id", lambda b: with_rule(b, id="Closed Accounts"),
      ["rules[0].id: 'Closed Accounts' is not a valid rule id: use 1-64 lowercase letters, "
       "digits and '-', like closed-accounts"]),
-    ("bad store name", lambda b: with_(b, stores={"my app": {"adapter": "sql", "url": "x"}},
-                                       rules=[]),
+    ("bad store name", lambda b: with_(b, stores={"my app": {
+        "adapter": "sql", "url": "sqlite:///a.db"}}, rules=[]),
      ["stores.my app: 'my app' is not a valid store name: use letters, digits, '_' and '-'"]),
     ("unknown adapter", lambda b: with_(b, stores={"app": {"adapter": "mongo"}}),
      ["stores.app.adapter: unknown adapter 'mongo'; use one of the installed adapters (sql)"]),
@@ -343,14 +343,14 @@ def test_key_file_readable_by_others(problems: Problems, base: dict[str, Any],
                                      tmp_path: Path) -> None:
     path = _key(tmp_path, "open.key", KEY, 0o644)
     assert problems(with_(base, secret_key={"file": str(path)})) == [
-        f"secret_key: key file {path} is readable by others; chmod 600 it"]
+        f"secret_key: key file {path} is readable by group or others; chmod 600 {path}"]
 
 
 def test_signing_key_readable_by_others(problems: Problems, base: dict[str, Any],
                                         tmp_path: Path) -> None:
     path = _key(tmp_path, "signing.key", "pem", 0o604)
     assert problems(with_(base, signing_key={"file": str(path)})) == [
-        f"signing_key: key file {path} is readable by others; chmod 600 it"]
+        f"signing_key: key file {path} is readable by group or others; chmod 600 {path}"]
 
 
 def test_missing_key_file(problems: Problems, base: dict[str, Any], tmp_path: Path) -> None:
