@@ -40,9 +40,18 @@ VALUE_LOGGERS = ("sqlalchemy", "botocore", "urllib3")
 _URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)(?P<pw>[^@\s]*)(?=@)")
 
 
+# ?password=..., &PWD=..., ;sslpassword=... in a query string or a libpq/ODBC parameter list
+_QUERY_PASSWORD = re.compile(
+    r"(?P<head>[?&;](?:[a-z0-9_.-]*(?:password|passwd|passphrase|secret|token)|pwd|pass)=)"
+    r"(?P<pw>[^&;#\s]*)",
+    re.IGNORECASE)
+
+
 def redact_url(url: str) -> str:
-    """``postgresql://user:secret@host/db`` -> ``postgresql://user:***@host/db``."""
-    return _URL_PASSWORD.sub(lambda m: m.group("head") + "***", str(url))
+    """``postgresql://user:secret@host/db?sslpassword=k`` ->
+    ``postgresql://user:***@host/db?sslpassword=***``."""
+    text = _URL_PASSWORD.sub(lambda m: m.group("head") + "***", str(url))
+    return _QUERY_PASSWORD.sub(lambda m: m.group("head") + "***", text)
 
 
 def _redact(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
