@@ -126,13 +126,17 @@ def plan_cmd(ctx: click.Context, rules: tuple[str, ...], as_of: str | None,
 @cli.command("run")
 @click.option("--dry-run", is_flag=True, help="Same as plan.")
 @click.option("--rule", "rules", multiple=True, metavar="ID", help="Only this rule (repeatable).")
+@click.option("--wait", "wait", type=click.FloatRange(min=0, max=86400), default=0.0,
+              metavar="SECONDS", help="Wait this long for the sweep lease while another "
+              "sweeper holds it (default 0: refuse at once, exit 3).")
 @json_option
 @click.pass_context
-def run_cmd(ctx: click.Context, dry_run: bool, rules: tuple[str, ...], json_flag: bool) -> None:
-    """One sweep now."""
+def run_cmd(ctx: click.Context, dry_run: bool, rules: tuple[str, ...], wait: float,
+            json_flag: bool) -> None:
+    """One sweep now (holding the daemon's sweep lease)."""
     from retentiond.commands import run
 
-    ctx.exit(run.run(_app(ctx, json_flag), rules, dry_run))
+    ctx.exit(run.run(_app(ctx, json_flag), rules, dry_run, wait))
 
 
 @cli.command("serve")

@@ -28,11 +28,13 @@ from retentiond.errors import StoreError
 from retentiond.log import get_logger
 from retentiond.policy.model import Policy, Rule
 from retentiond.state.cases import read_holds
-from retentiond.state.models import Pending
+from retentiond.state.models import LedgerEntry, Pending, Run
 from retentiond.timeutil import Duration, add
 
 log = get_logger(__name__)
 pending_t = Pending.__table__
+runs_t = Run.__table__
+ledger_t = LedgerEntry.__table__
 
 
 @dataclass
@@ -67,6 +69,14 @@ def claim(conn: Connection, intent: int) -> bool:
     second DELETE waits for the first transaction and then finds no row; SQLite serialises
     writers."""
     return conn.execute(delete(pending_t).where(pending_t.c.id == intent)).rowcount == 1
+
+
+def reconciled(conn: Connection, run_id: str, rule: str, intent: int) -> set[str]:
+    """The refs another sweep's reconciliation ledgered for this run's ``intent``."""
+    rows = conn.execute(select(ledger_t.c.record_refs, ledger_t.c.detail).where(
+        ledger_t.c.run_id == run_id, ledger_t.c.rule == rule)).all()
+    return {ref for refs, detail in rows if json.loads(detail or "{}").get("intent") == intent
+            for ref in json.loads(refs)}
 
 
 def kind_of(reason: str) -> str:
@@ -254,9 +264,12 @@ class Executor:
                              detail=detail, refs_json=encoded)
         with self.state.begin() as conn:
             if not claim(conn, intent):
-                # Settled by another sweep's reconciliation: it ledgered what is gone.
-                log.warning("intent already settled", rule=rule.id, count=len(refs))
-                return
+                # Another sweep's reconciliation settled the intent, ledgering what was gone
+                # when it looked; this sweep ledgers the rest of what it disposed.
+                refs = sorted(set(refs) - reconciled(conn, self.run_id, rule.id, intent))
+                log.warning("intent settled by another sweep", rule=rule.id, left=len(refs))
+                draft = replace(draft, record_refs=refs, refs_json=None,
+                                detail={**detail, "count": len(refs)})
             if refs:
                 ledger.append(conn, [draft])
 
@@ -264,7 +277,10 @@ class Executor:
     def reconcile(self) -> int:
         """Ledger the records of intents left by a crash that are gone from their store."""
         with self.state.connect() as conn:
-            rows = conn.execute(select(pending_t).order_by(pending_t.c.id)).all()
+            live = select(runs_t.c.id).where(runs_t.c.status == "running",
+                                             runs_t.c.id != self.run_id)
+            rows = conn.execute(select(pending_t).where(pending_t.c.run_id.not_in(live))
+                                .order_by(pending_t.c.id)).all()
         settled = 0
         for row in rows:
             adapter = self.adapters.get(row.store)
@@ -280,7 +296,7 @@ class Executor:
                                  store=row.store, target=row.target, action=row.action,
                                  reason=row.reason, record_refs=gone, subject_ref=row.subject_ref,
                                  detail={**json.loads(row.detail), "count": len(gone),
-                                         "reconciled": True})
+                                         "reconciled": True, "intent": row.id})
             with self.state.begin() as conn:
                 if not claim(conn, row.id):
                     continue  # another sweep settled it first

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from datetime import datetime
 
 from retentiond import output
 from retentiond.app import App
 from retentiond.executor import RuleResult
-from retentiond.sweep import SweepReport, sweep
+from retentiond.state import lease
+from retentiond.sweep import SweepReport, choose_rules, sweep
 
 COLUMNS = ("rule", "store", "target", "action", "due", "held", "kept", "done", "failed",
            "no clock")
@@ -20,8 +22,15 @@ def plan(app: App, rule_ids: Sequence[str], as_of: datetime | None) -> int:
     return report.exit_code
 
 
-def run(app: App, rule_ids: Sequence[str], dry_run: bool) -> int:
-    report = sweep(app, dry_run=dry_run, rule_ids=rule_ids)
+def run(app: App, rule_ids: Sequence[str], dry_run: bool, wait: float = 0.0) -> int:
+    if dry_run:
+        report = sweep(app, dry_run=True, rule_ids=rule_ids)
+    else:
+        choose_rules(app, rule_ids)  # a bad --rule is a usage error before anything is opened
+        # The daemon's lease: the timer, a manual run and `serve` never sweep at once.
+        with lease.one_shot(app.state, lease.Timings.from_env(os.environ), wait=wait) as held:
+            report = sweep(app, dry_run=False, rule_ids=rule_ids, holder=held.holder,
+                           should_stop=lambda: not held.held())
     _show(app, report)
     return report.exit_code
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import create_engine, event, text
-from sqlalchemy.engine import Engine
+from sqlalchemy import create_engine, event, inspect, text
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from retentiond.errors import StateUnreachable
@@ -125,12 +125,33 @@ def alembic_config(engine: Engine) -> Config:
 
 
 def upgrade_state(engine: Engine, revision: str = "head") -> None:
+    """Migrate, one process at a time: replicas, a timer's run and the daemon may all start
+    on a fresh state database at once. PostgreSQL serialises them with a transaction-scoped
+    advisory lock (the others then find the database migrated); elsewhere a process that
+    lost the race accepts the database once it is at head."""
     from alembic import command
 
     cfg = alembic_config(engine)
-    with engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, revision)
+    try:
+        with engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                conn.execute(text("select pg_advisory_xact_lock(:k)"), {"k": MIGRATION_LOCK})
+                if revision == "head" and _revision(conn) == HEAD_REVISION:
+                    return
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, revision)
+    except DBAPIError:
+        if revision != "head" or stored_revision(engine) != HEAD_REVISION:
+            raise
+
+
+MIGRATION_LOCK = 0x7265_7465  # "rete": retentiond's advisory lock key for migrations
+
+
+def _revision(conn: Connection) -> str | None:
+    if not inspect(conn).has_table("alembic_version"):
+        return None
+    return conn.execute(text("select version_num from alembic_version")).scalar()
 
 
 def current_revision(engine: Engine) -> str | None:

@@ -10,9 +10,15 @@ two replicas can never both win it.
   on its own monotonic clock: the holder stopped renewing, it is dead or cut off. Like
   Kubernetes' leader election, no decision depends on the wall clocks of the replicas agreeing;
   ``expires_at`` is written for people (``retentiond status``), never read.
+- A holder on this host whose process is gone (``kill -9``, a crashed one-shot ``run``) is
+  replaced at once: a dead process cannot be sweeping.
 - The holder trusts its lease only until ``ttl - renew`` seconds after it *started* its last
   successful renewal, so it stops sweeping (after the batch in flight) before anyone else may
   start, even when the state database is unreachable.
+
+``retentiond run`` (and ``backup restored``) take the same lease for the length of their work
+(:func:`one_shot`), so the timer, a manual run and the daemon never sweep at once: a one-shot
+command waits up to ``--wait`` seconds for it, then refuses (exit 3).
 
 A row rather than a PostgreSQL advisory lock: it works the same on SQLite (one host, several
 processes) and PostgreSQL, needs no long-lived session, and ``status`` can show who holds it.
@@ -22,9 +28,11 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
@@ -33,9 +41,11 @@ from sqlalchemy import Table, insert, select, update
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
-from retentiond.errors import UsageError
+from retentiond.errors import LeaseBusy, UsageError
+from retentiond.log import get_logger
 from retentiond.state.models import Lease
 
+log = get_logger(__name__)
 lease_t = cast(Table, Lease.__table__)
 NAME = "sweep"
 
@@ -118,6 +128,8 @@ class SweepLease:
         if row.holder is None:
             return "acquired" if self._cas(conn, row.version, acquired=True) else "standby"
         self.other = row.holder
+        if _dead_here(row.holder):
+            return "taken over" if self._cas(conn, row.version, acquired=True) else "standby"
         if self._seen != (row.holder, row.version):
             self._seen, self._seen_at = (row.holder, row.version), start
             return "standby"
@@ -144,6 +156,52 @@ class SweepLease:
                 lease_t.c.name == NAME, lease_t.c.holder == self.holder).values(
                 holder=None, version=lease_t.c.version + 1, expires_at=None))
         return res.rowcount == 1
+
+
+def _dead_here(holder: str) -> bool:
+    """The holder ran on this host and its process is gone."""
+    from retentiond.state.runs import host_pid, pid_alive, this_host
+
+    host, pid = host_pid(holder)
+    return host == this_host() and pid is not None and not pid_alive(pid)
+
+
+@contextmanager
+def one_shot(engine: Engine, timings: Timings, *, wait: float,
+             sleep: Callable[[float], None] = time.sleep) -> Iterator[SweepLease]:
+    """Hold the sweep lease for one command: take it (waiting up to ``wait`` seconds while
+    another sweeper holds it, then :class:`LeaseBusy`), renew it every ``timings.renew``
+    seconds in a background thread, release it at the end. ``lease.held()`` turns False
+    when renewals fail for too long: the caller stops after the batch in flight."""
+    lease = SweepLease(engine, timings)
+    deadline = time.monotonic() + wait
+    while lease.tick() not in ("acquired", "taken over", "renewed"):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise LeaseBusy(f"another sweeper holds the sweep lease ({lease.other}); a run "
+                            "never sweeps beside it. Retry later, or wait for it with "
+                            "`run --wait SECONDS`")
+        sleep(min(timings.renew, left))
+    done = threading.Event()
+
+    def renew() -> None:
+        while not done.wait(timings.renew):
+            try:
+                lease.tick()
+            except Exception as exc:  # the lease lapses by itself; retried next tick
+                log.warning("lease renewal failed", error=type(exc).__name__)
+
+    thread = threading.Thread(target=renew, name="lease-renewal", daemon=True)
+    thread.start()
+    try:
+        yield lease
+    finally:
+        done.set()
+        thread.join()
+        try:
+            lease.release()
+        except Exception as exc:  # unreleased, it is taken over once it expires
+            log.warning("lease release failed", error=type(exc).__name__)
 
 
 def _row(conn: Connection) -> Any:

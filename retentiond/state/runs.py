@@ -55,7 +55,7 @@ def mark_crashed(engine: Engine, *, now: datetime | None = None) -> list[str]:
 
 def is_crashed(holder: str | None, lease: Any, now: datetime) -> bool:
     """The rule of this module's docstring, for one run."""
-    host, pid = _host_pid(holder)
+    host, pid = host_pid(holder)
     if host == this_host() and pid is not None:
         return not pid_alive(pid)
     if lease is None or lease.holder is None or lease.holder != holder:
@@ -63,7 +63,7 @@ def is_crashed(holder: str | None, lease: Any, now: datetime) -> bool:
     return lease.expires_at is None or lease.expires_at < now
 
 
-def _host_pid(holder: str | None) -> tuple[str | None, int | None]:
+def host_pid(holder: str | None) -> tuple[str | None, int | None]:
     parts = (holder or "").rsplit(":", 2)
     if len(parts) != 3 or not parts[1].isdigit():
         return None, None

@@ -435,7 +435,9 @@ def test_replica_takes_over_when_the_holder_is_killed(ws: Any, pg_db: Any) -> No
             wait_for("b to hold the lease",
                      lambda: (lease_holder() or "").startswith(b.holder_prefix()), 60)
             took = time.monotonic() - killed
-            assert 2.0 <= took < 60
+            # a holder on this host whose process is gone is replaced at b's next tick, well
+            # before the TTL (a holder on another host waits the TTL: test_lease_run.py)
+            assert took < 2.0
             def both_done() -> list[Any] | None:
                 rs = runs()
                 return rs if [r.status for r in rs] == ["ok", "ok"] else None
