@@ -14,6 +14,7 @@ the form SQLAlchemy and most applications write on SQLite) or integer Unix epoch
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -195,7 +196,9 @@ class SqlAdapter(SqlActions, Adapter):
                 conn.rollback()
         except DBAPIError as exc:
             first = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
-            return [("where", f"does not run on store {self.store_name}: {first}")]
+            known = {where, table.name, *(c.name for c in table.columns)}
+            return [("where", f"does not run on store {self.store_name}: "
+                     f"{without_values(first, known)}")]
         return []
 
     # -- selection to SQL ---------------------------------------------------------------------
@@ -339,6 +342,21 @@ class SqlAdapter(SqlActions, Adapter):
             if batch.disposed:
                 intent(batch.disposed)  # durable before the store commits: a crash rolls back
             return batch
+
+
+_QUOTED = re.compile(r"""("[^"]*"|'[^']*'|`[^`]*`)""")
+
+
+def without_values(message: str, known: set[str]) -> str:
+    """A database's error message with every quoted part that is not the policy's own text
+    (the ``where`` clause, a table or column name) replaced by ``'…'``: a message about a cast
+    or a comparison can quote a value read from a row."""
+    def keep(m: re.Match[str]) -> str:
+        inner = m.group(0)[1:-1]
+        return m.group(0) if inner in known or any(inner and inner in k for k in known) \
+            else "'…'"
+
+    return _QUOTED.sub(keep, message)
 
 
 def sqlite_file(url: str) -> Path | None:

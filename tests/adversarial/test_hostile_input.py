@@ -400,3 +400,23 @@ def test_error_lines_escape_control_characters() -> None:
     assert PolicyError([("rules[0].id", "bad\nid\x1b[2J\u2028end")]).lines() == [
         "rules[0].id: bad\\nid\\x1b[2J\\u2028end"]
     assert RetentiondError("one\r\ntwo").lines() == ["one\\r\\ntwo"]
+
+
+# -- a database error about `where` never echoes a value read from a row ----------------------
+def test_where_error_from_the_database_quotes_no_row_value(ws: Any, pg_db: Any) -> None:
+    engine = sa.create_engine(pg_db.url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("create table users (id int primary key, email text not null, "
+                             "created_at timestamp)"))
+        conn.execute(sa.text("insert into users values (1, 'maria.schmidt.1@mail.example.org', "
+                             "'2019-01-01')"))
+    engine.dispose()
+    ws.policy({"app": {"adapter": "sql", "url": pg_db.url}},
+              [{"id": "casts", "store": "app", "table": "users", "key": "id",
+                "clock": "created_at", "dispose_after": "1y", "action": "delete",
+                "where": "email::int > 0"}])
+    res = ws.invoke("config", "validate")
+    assert res.code == 2
+    assert "maria" not in res.out + res.err
+    assert ("rules[0].where: does not run on store app: invalid input syntax for type "
+            "integer: '…'") in res.out + res.err
