@@ -8,6 +8,7 @@ the records present in each target and keeps those whose reference a disposal si
 from __future__ import annotations
 
 import json
+import os
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -22,6 +23,7 @@ from retentiond.audit.ledger import iter_entries
 from retentiond.errors import UsageError
 from retentiond.executor import Executor, RuleResult
 from retentiond.log import get_logger
+from retentiond.state import lease
 from retentiond.state.models import Run
 from retentiond.timeutil import parse_instant
 
@@ -37,12 +39,14 @@ def restored(app: App, store: str, taken_at: str) -> int:
         since = parse_instant(taken_at, policy.tz)
     except ValueError:
         raise UsageError(f"--taken-at {taken_at!r}: not an ISO 8601 instant") from None
-    groups = _disposals_since(app, store, since.isoformat(timespec="microseconds"))
-    run_id = uuid.uuid4().hex
-    _start_run(app, run_id, since)
-    executor = Executor(policy, app.state, {store: app.adapter(store)}, run_id)
-    results = [_replay(app, executor, rule_id, action, refs, since)
-               for (rule_id, action), refs in sorted(groups.items())]
+    # A replay disposes records: it holds the sweep lease, as `run` does.
+    with lease.one_shot(app.state, lease.Timings.from_env(os.environ), wait=0) as held:
+        groups = _disposals_since(app, store, since.isoformat(timespec="microseconds"))
+        run_id = uuid.uuid4().hex
+        _start_run(app, run_id, since, held.holder)
+        executor = Executor(policy, app.state, {store: app.adapter(store)}, run_id)
+        results = [_replay(app, executor, rule_id, action, refs, since)
+                   for (rule_id, action), refs in sorted(groups.items())]
     results = [r for r in results if r is not None]
     signing = (checkpoint.load_signing_key(policy.signing_key.get_secret_value())
                if policy.signing_key is not None else None)
@@ -95,11 +99,11 @@ def _replay(app: App, executor: Executor, rule_id: str, action: str, refs: set[s
     return result
 
 
-def _start_run(app: App, run_id: str, since: datetime) -> None:
+def _start_run(app: App, run_id: str, since: datetime, holder: str) -> None:
     with app.state.begin() as conn:
         conn.execute(insert(Run.__table__).values(
             id=run_id, started_at=datetime.now(UTC), as_of=since, dry_run=False,
-            status="running", policy_digest=app.policy.digest))
+            status="running", policy_digest=app.policy.digest, holder=holder))
 
 
 def _finish_run(app: App, run_id: str, doc: dict[str, Any]) -> None:

@@ -217,3 +217,13 @@ def state_rows_count(ws: Workspace, table: str) -> int:
     from tests.integration.helpers import state_rows
 
     return int(state_rows(ws.root / "state.db", f"select count(*) as n from {table}")[0]["n"])
+
+
+def test_backup_restored_refuses_while_a_sweeper_holds_the_lease(
+        ws: Workspace, sqlite_db: Database) -> None:
+    setup_store(ws, sqlite_db, 2).dispose()
+    hold_lease(ws, f"{HOST}:{os.getpid()}:live0002")
+    res = ws.invoke("backup", "restored", "--store", "app", "--taken-at", "2020-01-01")
+    assert res.code == 3
+    [line] = error_lines(res.err)
+    assert line.startswith("error: another sweeper holds the sweep lease (")
