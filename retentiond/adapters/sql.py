@@ -40,6 +40,7 @@ from retentiond.adapters.sqlexpr import (
 )
 from retentiond.errors import StoreError, StoreUnreachable
 from retentiond.log import get_logger, redact_url
+from retentiond.state import faults
 from retentiond.state.db import make_engine
 
 if TYPE_CHECKING:
@@ -121,16 +122,22 @@ class SqlAdapter(SqlActions, Adapter):
 
     @contextmanager
     def _errors(self, doing: str) -> Iterator[None]:
-        """Map driver errors to StoreError without their text (it can echo row values)."""
+        """Map driver errors to StoreError without their text (it can echo row values).
+        The state database's errors inside a store transaction (the intent of a fast-path
+        batch) pass through: they are the state's (exit 3 naming it), not this store's."""
         try:
             yield
         except OperationalError as exc:
+            if faults.is_state_error(exc):
+                raise
             if exc.connection_invalidated or is_disconnect(exc):
                 raise StoreUnreachable(f"store {self.store_name}: connection lost while "
                                        f"{doing}") from None
             raise StoreError(f"store {self.store_name}: {type(exc.orig).__name__} while "
                              f"{doing}") from None
         except DBAPIError as exc:
+            if faults.is_state_error(exc):
+                raise
             raise StoreError(f"store {self.store_name}: {type(exc.orig).__name__} while "
                              f"{doing}") from None
 
