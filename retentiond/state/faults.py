@@ -34,6 +34,9 @@ REASONS = {
     "42P01": "a table is missing", "1146": "a table is missing",
     "42703": "a column is missing", "1054": "a column is missing",
     "SQLITE_CONSTRAINT": "it refused a write (constraint or trigger)",
+    "57P01": "its connection was terminated by the server",
+    "57P02": "its server crashed", "57P03": "its server is not accepting connections",
+    "08000": "connection lost", "08003": "connection lost", "08006": "connection lost",
 }
 # SQLite reports a missing table or column as a plain SQLITE_ERROR; its text says which.
 SQLITE_MISSING = (("no such table", "a table is missing"),
