@@ -50,7 +50,7 @@ class SweepReport:
     as_of: datetime
     rules: list[RuleResult] = field(default_factory=list)
     requests: list[dict[str, Any]] = field(default_factory=list)
-    unreachable: bool = False
+    unreachable: str | None = None  # the first unreachable store's one-line error
     stopped: bool = False
 
     @property
@@ -117,7 +117,7 @@ def sweep(app: App, *, dry_run: bool, rule_ids: Sequence[str] = (),
             _sweep_rule(app, planner.plan_rule(rule, sit, time_based=time_based), result,
                         executor, tracker)
         except StoreUnreachable as exc:
-            report.unreachable = True
+            report.unreachable = report.unreachable or str(exc)
             _rule_failed(result, exc, tracker, rule)
         except StateUnreachable:
             raise

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Sequence
 from datetime import datetime
 
-from retentiond import output
+from retentiond import errors, output
 from retentiond.app import App
 from retentiond.executor import RuleResult
 from retentiond.state import lease
@@ -19,6 +20,7 @@ COLUMNS = ("rule", "store", "target", "action", "due", "held", "kept", "done", "
 def plan(app: App, rule_ids: Sequence[str], as_of: datetime | None) -> int:
     report = sweep(app, dry_run=True, rule_ids=rule_ids, as_of=as_of)
     _show(app, report)
+    _unreachable(report)
     return report.exit_code
 
 
@@ -32,7 +34,15 @@ def run(app: App, rule_ids: Sequence[str], dry_run: bool, wait: float = 0.0) -> 
             report = sweep(app, dry_run=False, rule_ids=rule_ids, holder=held.holder,
                            should_stop=lambda: not held.held())
     _show(app, report)
+    _unreachable(report)
     return report.exit_code
+
+
+def _unreachable(report: SweepReport) -> None:
+    """Exit 3 comes with its one ``error:`` line on stderr (SPEC 1), as for every command;
+    the table (or JSON document) still shows what the other rules did."""
+    if report.unreachable:
+        print(f"error: {errors.one_line(report.unreachable)}", file=sys.stderr)
 
 
 def _show(app: App, report: SweepReport) -> None:
