@@ -149,7 +149,8 @@ def test_secret_key_too_short_or_readable_by_others(store_db_sp: Any, ws: Any) -
     readable = ws.cli("config", "validate")
     assert readable.code == 2, readable.err
     assert log_free_lines(readable.err) == [
-        f"error: secret_key: key file {ws.secret} is readable by others; chmod 600 it"]
+        f"error: secret_key: key file {ws.secret} is readable by group or others; "
+        f"chmod 600 {ws.secret}"]
 
     # 32 bytes, mode 0600: the policy (every strategy where it fits) validates.
     os.chmod(ws.secret, 0o600)
