@@ -62,7 +62,7 @@ def _show(app: App, report: SweepReport) -> None:
         if r.purged:
             output.line(f"rule {r.rule}: {r.purged} isolated records "
                         f"{'would be ' if report.dry_run else ''}purged")
-        if r.error:
+        if r.error and r.error != report.unreachable:  # that one is the error: line
             output.line(f"[red]rule {r.rule} failed:[/red] {r.error}")
     if not report.dry_run:
         verdict = "stopped early" if report.stopped else "complete"
