@@ -10,15 +10,19 @@ two replicas can never both win it.
   on its own monotonic clock: the holder stopped renewing, it is dead or cut off. Like
   Kubernetes' leader election, no decision depends on the wall clocks of the replicas agreeing;
   ``expires_at`` is written for people (``retentiond status``), never read.
-- A holder on this host whose process is gone (``kill -9``, a crashed one-shot ``run``) is
-  replaced at once: a dead process cannot be sweeping.
+- A holder on this machine whose process is gone (``kill -9``, a crashed one-shot ``run``) is
+  replaced at once: a dead process cannot be sweeping. "This machine" is the host name, the
+  boot id and the pid namespace (:func:`this_host`), so containers that share a host name but
+  not their pids are other hosts, judged by the TTL.
 - The holder trusts its lease only until ``ttl - renew`` seconds after it *started* its last
   successful renewal, so it stops sweeping (after the batch in flight) before anyone else may
   start, even when the state database is unreachable.
 
 ``retentiond run`` (and ``backup restored``) take the same lease for the length of their work
-(:func:`one_shot`), so the timer, a manual run and the daemon never sweep at once: a one-shot
-command waits up to ``--wait`` seconds for it, then refuses (exit 3).
+(:func:`one_shot`), so the timer, a manual run and the daemon never sweep at once. A one-shot
+command refuses (exit 3) once it knows the holder is alive (a live process on this machine, or
+a renewal seen) and ``--wait`` seconds have passed; a holder that stays silent is taken over
+after the TTL, as a replica would.
 
 A row rather than a PostgreSQL advisory lock: it works the same on SQLite (one host, several
 processes) and PostgreSQL, needs no long-lived session, and ``status`` can show who holds it.
@@ -85,8 +89,58 @@ def seconds(env: Mapping[str, str], name: str, default: float) -> float:
 
 
 def holder_id() -> str:
-    """``host:pid:random``, unique per process start."""
-    return f"{socket.gethostname()[:80]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    """``host:pid:random``, unique per process start (``host`` as :func:`this_host`)."""
+    return f"{this_host()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def this_host() -> str:
+    """``name~boot.pidns``: the host name, this boot's id and the pid namespace. Two holders
+    with the same value see each other's pids; anything else is another host."""
+    return f"{socket.gethostname()[:48]}~{_read('/proc/sys/kernel/random/boot_id')[:8]}." \
+           f"{_pid_namespace()}"
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path, encoding="ascii") as f:
+            return f.read(64).strip().replace("-", "")
+    except OSError:
+        return "0"
+
+
+def _pid_namespace() -> str:
+    try:
+        return str(os.stat("/proc/self/ns/pid").st_ino)
+    except OSError:
+        return "0"
+
+
+def host_pid(holder: str | None) -> tuple[str | None, int | None]:
+    """The host and pid of a ``host:pid:random`` holder id (None, None if it is not one)."""
+    parts = (holder or "").rsplit(":", 2)
+    if len(parts) != 3 or not parts[1].isdigit():
+        return None, None
+    return parts[0], int(parts[1])
+
+
+def pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process: alive
+    return True
+
+
+def here(holder: str | None) -> bool | None:
+    """For a holder on this machine, whether its process is alive; None for another host."""
+    host, pid = host_pid(holder)
+    if host != this_host() or pid is None:
+        return None
+    return pid_alive(pid)
 
 
 class SweepLease:
@@ -100,6 +154,7 @@ class SweepLease:
         self._seen: tuple[str | None, int] | None = None
         self._seen_at = 0.0
         self.other: str | None = None  # the holder last seen, when it is not us
+        self.other_alive = False  # that holder renewed while we watched, or lives here
 
     def held(self) -> bool:
         return self._clock() < self._valid_until
@@ -127,12 +182,17 @@ class SweepLease:
             return "renewed" if self._cas(conn, row.version, acquired=False) else "lost"
         if row.holder is None:
             return "acquired" if self._cas(conn, row.version, acquired=True) else "standby"
-        self.other = row.holder
-        if _dead_here(row.holder):
+        if row.holder != self.other:
+            self.other, self.other_alive = row.holder, False
+        local = here(row.holder)
+        if local is False:
             return "taken over" if self._cas(conn, row.version, acquired=True) else "standby"
         if self._seen != (row.holder, row.version):
+            self.other_alive = local is True or (self._seen is not None
+                                                 and self._seen[0] == row.holder)
             self._seen, self._seen_at = (row.holder, row.version), start
             return "standby"
+        self.other_alive = self.other_alive or local is True
         if start - self._seen_at < self.timings.ttl:
             return "standby"
         return "taken over" if self._cas(conn, row.version, acquired=True) else "standby"
@@ -158,30 +218,23 @@ class SweepLease:
         return res.rowcount == 1
 
 
-def _dead_here(holder: str) -> bool:
-    """The holder ran on this host and its process is gone."""
-    from retentiond.state.runs import host_pid, pid_alive, this_host
-
-    host, pid = host_pid(holder)
-    return host == this_host() and pid is not None and not pid_alive(pid)
-
-
 @contextmanager
 def one_shot(engine: Engine, timings: Timings, *, wait: float,
              sleep: Callable[[float], None] = time.sleep) -> Iterator[SweepLease]:
-    """Hold the sweep lease for one command: take it (waiting up to ``wait`` seconds while
-    another sweeper holds it, then :class:`LeaseBusy`), renew it every ``timings.renew``
-    seconds in a background thread, release it at the end. ``lease.held()`` turns False
+    """Hold the sweep lease for one command: take it, renew it every ``timings.renew``
+    seconds in a background thread, release it at the end. While another sweeper holds it:
+    :class:`LeaseBusy` once that sweeper is known to be alive and ``wait`` seconds have
+    passed; a silent holder is taken over after ``timings.ttl``. ``lease.held()`` turns False
     when renewals fail for too long: the caller stops after the batch in flight."""
     lease = SweepLease(engine, timings)
     deadline = time.monotonic() + wait
     while lease.tick() not in ("acquired", "taken over", "renewed"):
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise LeaseBusy(f"another sweeper holds the sweep lease ({lease.other}); a run "
-                            "never sweeps beside it. Retry later, or wait for it with "
-                            "`run --wait SECONDS`")
-        sleep(min(timings.renew, left))
+        if lease.other_alive and time.monotonic() >= deadline:
+            raise LeaseBusy(f"another sweeper holds the sweep lease ({lease.other}) and is "
+                            "alive; it never sweeps beside this one. Retry when it is done "
+                            "(a running daemon holds it while it lives), or wait for it with "
+                            "--wait SECONDS")
+        sleep(timings.renew if lease.other_alive else min(timings.renew, 1.0))
     done = threading.Event()
 
     def renew() -> None:

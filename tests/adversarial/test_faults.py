@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -19,6 +18,8 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+
+from retentiond.state.lease import this_host
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
 
@@ -268,7 +269,7 @@ def test_a_run_killed_with_sigkill_is_marked_crashed_by_the_next(
     _kill_mid_sweep(ws)
     [killed] = state_rows(state, "select id, status, holder, finished_at from runs")
     assert killed["status"] == "running"
-    assert killed["holder"].startswith(f"{socket.gethostname()[:80]}:")
+    assert killed["holder"].startswith(f"{this_host()}:")
     assert killed["finished_at"] is None
     before = datetime.now(UTC).replace(tzinfo=None)
 
@@ -301,7 +302,7 @@ def test_crashed_runs_on_this_and_other_hosts(ws: Any, sqlite_db: Any) -> None:
     from retentiond.state.db import open_state
 
     engine = open_state(ws.state_url)
-    here = socket.gethostname()[:80]
+    here = this_host()
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True).stdout.strip()
     far, far_live = "elsewhere.example:77:aaaa", "elsewhere.example:78:bbbb"
@@ -311,7 +312,11 @@ def test_crashed_runs_on_this_and_other_hosts(ws: Any, sqlite_db: Any) -> None:
     _run_row(engine, "far-live", far_live)
     _lease(engine, far_live, datetime.now(UTC) + timedelta(minutes=5))
     assert sorted(runs.mark_crashed(engine)) == ["dead", "far"]
+    # expired by the wall clock but still held: wall clocks of two hosts are never compared
     _lease(engine, far_live, datetime.now(UTC) - timedelta(minutes=5))
+    assert runs.mark_crashed(engine) == []
+    # taken over: the holder that took it marks the run crashed
+    _lease(engine, "elsewhere.example:79:cccc", datetime.now(UTC) + timedelta(minutes=5))
     assert runs.mark_crashed(engine) == ["far-live"]
     with engine.connect() as conn:
         found: dict[str, str] = dict(conn.execute(sa.text("select id, status from runs")).all())

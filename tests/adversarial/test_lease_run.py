@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
@@ -16,11 +16,11 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from retentiond.state.lease import NAME
+from retentiond.state.lease import NAME, this_host
 from tests.conftest import Database, Workspace
 from tests.integration.helpers import error_lines, ledger, person, record_ref, state_exec
 
-HOST = socket.gethostname()[:80]
+HOST = this_host()
 OLD = datetime(2019, 6, 1, 12, 0, 0)
 FAST_LEASE = {"RETENTIOND_LEASE_TTL": "2", "RETENTIOND_LEASE_RENEW": "0.4"}
 
@@ -63,8 +63,9 @@ def test_run_refuses_while_a_live_sweeper_holds_the_lease(ws: Workspace,
     assert res.code == 3
     [line] = error_lines(res.err)
     assert line == (f"error: another sweeper holds the sweep lease ({HOST}:{os.getpid()}:"
-                    "live0001); a run never sweeps beside it. Retry later, or wait for it "
-                    "with `run --wait SECONDS`")
+                    "live0001) and is alive; it never sweeps beside this one. Retry when it "
+                    "is done (a running daemon holds it while it lives), or wait for it with "
+                    "--wait SECONDS")
     assert count(engine) == 5
     assert ledger(ws.root / "state.db", "dispose") == []
     # a dry run needs no lease
@@ -89,14 +90,47 @@ def test_run_takes_the_lease_of_a_dead_process_on_this_host_at_once(
     engine.dispose()
 
 
-def test_run_waits_for_a_silent_holder_on_another_host_then_takes_over(
+def test_run_takes_over_a_silent_holder_on_another_host_after_the_ttl(
         ws: Workspace, sqlite_db: Database) -> None:
+    """A holder on another host that never renews (it died there) is taken over after the
+    TTL, as a replica would, without --wait."""
     engine = setup_store(ws, sqlite_db, 3)
     hold_lease(ws, "elsewhere.example:4242:gone0001")
-    assert ws.invoke("run", env=FAST_LEASE).code == 3  # no --wait: refused
-    res = ws.invoke("run", "--wait", "10", "--json", env=FAST_LEASE)
+    started = time.monotonic()
+    res = ws.invoke("run", "--json", env=FAST_LEASE)
     assert res.code == 0, res.err
+    assert 2.0 <= time.monotonic() - started < 10  # the TTL (2 s), not at once
     assert res.json()["totals"]["done"] == 3
+    engine.dispose()
+
+
+def test_run_refuses_a_renewing_holder_on_another_host(ws: Workspace,
+                                                       sqlite_db: Database) -> None:
+    """A holder on another host that renews is alive: refused once a renewal is seen, however
+    long it would take to reach the TTL."""
+    engine = setup_store(ws, sqlite_db, 3)
+    hold_lease(ws, "elsewhere.example:4243:live0003")
+    stop = threading.Event()
+
+    def renew() -> None:
+        while not stop.wait(0.1):
+            state_exec(ws.root / "state.db", "update lease set version = version + 1 "
+                       "where name = ?", NAME)
+
+    renewer = threading.Thread(target=renew, daemon=True)
+    renewer.start()
+    try:
+        started = time.monotonic()
+        res = ws.invoke("run", env=FAST_LEASE)
+        took = time.monotonic() - started
+    finally:
+        stop.set()
+        renewer.join()
+    assert res.code == 3
+    assert took < 2.0  # refused on the first renewal seen, before the TTL
+    [line] = error_lines(res.err)
+    assert "(elsewhere.example:4243:live0003) and is alive" in line
+    assert count(engine) == 3
     engine.dispose()
 
 

@@ -33,11 +33,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from retentiond.audit.ledger import Refs
 from retentiond.state import cases
 from retentiond.state.db import HEAD_REVISION
+from retentiond.state.lease import this_host
 
 pytestmark = pytest.mark.slow
 
 START = 90.0  # seconds for a process to start (imports are slow on a loaded machine)
-HOST = socket.gethostname()[:80]
+HOST = this_host()
 ACCOUNTS = {"id": "accounts", "source": "Privacy policy §6: deletion on request",
             "store": "app", "table": "users", "key": "id", "subject": "id", "action": "delete"}
 MESSAGES = {"id": "messages", "source": "Privacy policy §6: deletion on request",
