@@ -289,6 +289,7 @@ def _record_policy_change(app: App, run_id: str) -> None:
 
 
 def _finish(app: App, report: SweepReport) -> None:
+    failure: RetentiondError | None = None
     if not report.dry_run:
         signing = None
         if app.policy.signing_key is not None:
@@ -296,9 +297,14 @@ def _finish(app: App, report: SweepReport) -> None:
         cp = checkpoint.write(app.state, report.run_id, signing)
         log.info("checkpoint", run_id=report.run_id, seq=cp["seq"], hash=cp["hash"],
                  at=cp["at"], signature=cp["signature"])
-        checkpoint.append_to_file(app.policy.checkpoints, cp)
+        try:
+            checkpoint.append_to_file(app.policy.checkpoints, cp)
+        except RetentiondError as exc:
+            failure = exc  # the run row still gets its outcome, then the command fails
     status = "interrupted" if report.stopped else "failed" if report.exit_code else "ok"
     with app.state.begin() as conn:
         conn.execute(update(runs_t).where(runs_t.c.id == report.run_id).values(
-            finished_at=datetime.now(UTC), status=status,
+            finished_at=datetime.now(UTC), status="failed" if failure else status,
             summary=json.dumps(report.as_json())))
+    if failure is not None:
+        raise failure

@@ -203,9 +203,9 @@ class SqlAdapter(SqlActions, Adapter):
                 conn.rollback()
         except DBAPIError as exc:
             first = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
-            known = {where, table.name, *(c.name for c in table.columns)}
+            names = {table.name, *(c.name for c in table.columns)}
             return [("where", f"does not run on store {self.store_name}: "
-                     f"{without_values(first, known)}")]
+                     f"{without_values(first, where, names)}")]
         return []
 
     # -- selection to SQL ---------------------------------------------------------------------
@@ -354,14 +354,13 @@ class SqlAdapter(SqlActions, Adapter):
 _QUOTED = re.compile(r"""("[^"]*"|'[^']*'|`[^`]*`)""")
 
 
-def without_values(message: str, known: set[str]) -> str:
-    """A database's error message with every quoted part that is not the policy's own text
-    (the ``where`` clause, a table or column name) replaced by ``'…'``: a message about a cast
-    or a comparison can quote a value read from a row."""
+def without_values(message: str, where: str, names: set[str]) -> str:
+    """A database's error message with every quoted part that is neither a table or column
+    name nor a literal written, quoted the same way, in the ``where`` clause replaced by
+    ``'…'``: a message about a cast or a comparison can quote a value read from a row."""
     def keep(m: re.Match[str]) -> str:
-        inner = m.group(0)[1:-1]
-        return m.group(0) if inner in known or any(inner and inner in k for k in known) \
-            else "'…'"
+        quoted = m.group(0)
+        return quoted if quoted[1:-1] in names or quoted in where else "'…'"
 
     return _QUOTED.sub(keep, message)
 

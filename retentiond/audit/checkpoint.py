@@ -9,8 +9,10 @@ rewrite the state database can also store their own key there.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import stat
 from collections.abc import Collection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -136,8 +138,12 @@ def append_to_file(target: CheckpointsFile | None, cp: dict[str, Any]) -> None:
 
 def _append(path: Path, line: bytes) -> None:
     created = not path.exists()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    # O_NONBLOCK: a FIFO put in the file's place fails instead of blocking the sweep's end
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK | os.O_CLOEXEC,
+                 0o600)
     try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
         os.write(fd, line)
         os.fsync(fd)
     finally:

@@ -18,6 +18,7 @@ from retentiond.audit import checkpoint, export
 from retentiond.audit.verify import Verified
 from retentiond.audit.verify import verify as verify_chain
 from retentiond.errors import AuditError, UsageError
+from retentiond.policy.keys import read_regular_file
 from retentiond.timeutil import parse_instant
 
 
@@ -74,11 +75,17 @@ def _notes(result: Verified, source: str | None, checkpoint_file: str | None) ->
     return notes
 
 
+READ_LIMITS = {"--public-key": 64 * 1024, "--checkpoint": 64 * 1024 * 1024}
+
+
 def _read_bytes(path: str, option: str) -> bytes:
+    """A regular file of bounded size (a FIFO or /dev/zero is refused, not read)."""
     try:
-        return Path(path).read_bytes()
+        return read_regular_file(Path(path), READ_LIMITS[option])
     except OSError as exc:
         raise UsageError(f"{option} {path}: cannot read it ({exc.strerror})") from None
+    except ValueError as exc:
+        raise UsageError(f"{option} {path}: {exc}") from None
 
 
 def _read_checkpoints(path: str) -> list[dict[str, Any]]:

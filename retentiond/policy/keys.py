@@ -119,6 +119,25 @@ def read_regular_file(path: Path, limit: int, *, private: bool = False) -> bytes
     return data
 
 
+def check_appendable(path: Path) -> None:
+    """A file retentiond appends to (``checkpoints.file``): an existing regular, writable
+    file, or a new one in an existing, writable directory. ValueError saying why not."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        parent = path.parent
+        if not parent.is_dir():
+            raise ValueError(f"directory {parent} does not exist") from None
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise ValueError(f"directory {parent} is not writable") from None
+        return
+    if not stat.S_ISREG(st.st_mode):
+        raise ValueError(f"is {_KINDS.get(stat.S_IFMT(st.st_mode), 'not a file')}, not a "
+                         "regular file")
+    if not os.access(path, os.W_OK):
+        raise ValueError("is not writable")
+
+
 def _check_stat(st: os.stat_result, path: Path, limit: int, *, private: bool) -> None:
     if not stat.S_ISREG(st.st_mode):
         kind = _KINDS.get(stat.S_IFMT(st.st_mode), "not a file")

@@ -35,6 +35,7 @@ from retentiond.policy.keys import (
     SecretRef,
     SecretString,
     SigningKey,
+    check_appendable,
     load_signing_key,
 )
 from retentiond.policy.sqltext import check_identifier, check_where
@@ -303,6 +304,12 @@ class CheckpointsFile(_Model):
     rewrite it."""
 
     file: str = Field(min_length=1)
+
+    @field_validator("file")
+    @classmethod
+    def _appendable(cls, v: str) -> str:
+        check_appendable(Path(v))  # a run must not dispose, then fail to write its checkpoint
+        return v
 
 
 def _zone(v: str) -> str:

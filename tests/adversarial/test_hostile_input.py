@@ -420,3 +420,13 @@ def test_where_error_from_the_database_quotes_no_row_value(ws: Any, pg_db: Any) 
     assert "maria" not in res.out + res.err
     assert ("rules[0].where: does not run on store app: invalid input syntax for type "
             "integer: '…'") in res.out + res.err
+
+
+def test_only_names_and_the_clauses_own_literals_survive_in_a_database_message() -> None:
+    from retentiond.adapters.sql import without_values
+
+    where = "status = 'closed' and email::int > 0"
+    names = {"users", "email"}
+    assert without_values('column "email" is "1" or \'closed\' not \'clo\' in "users"',
+                          where, names) == (
+        'column "email" is \'…\' or \'closed\' not \'…\' in "users"')

@@ -11,6 +11,7 @@ only detectable with checkpoints kept outside it (``checkpoints: {file: PATH}`` 
 from __future__ import annotations
 
 import json
+import os
 import stat
 import sys
 from datetime import datetime, timedelta
@@ -280,16 +281,67 @@ def test_checkpoints_file_catches_a_truncated_ledger(ws: Any, trail: Ed25519Priv
     assert "the ledger was truncated" in line
 
 
-def test_unwritable_checkpoints_file_fails_the_run_loudly(ws: Any) -> None:
+def test_a_checkpoints_file_that_cannot_be_written_is_a_policy_error(ws: Any) -> None:
+    """Caught when the policy loads, before anything is disposed (not after the sweep)."""
+    engine = sa.create_engine(f"sqlite:///{ws.root / 'store.db'}")
+    create(engine, users_table(sa.MetaData()), [Row(1, OLD)])
+    missing = ws.root / "no-such-dir" / "checkpoints.jsonl"
+    fifo = ws.root / "checkpoints.fifo"
+    os.mkfifo(fifo)
+    for bad, why in ((missing, f"directory {missing.parent} does not exist"),
+                     (fifo, "is a FIFO, not a regular file")):
+        ws.policy({"app": {"adapter": "sql", "url": f"sqlite:///{ws.root / 'store.db'}"}},
+                  [RULE], checkpoints={"file": str(bad)})
+        for command in (("config", "validate"), ("run",)):
+            result = ws.invoke(*command)
+            assert result.code == 2, (command, result.out, result.err)
+            [line] = [x for x in result.err.splitlines() if x.startswith("error: ")]
+            assert line == f"error: checkpoints.file: {why}", line
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("select count(*) from users")).scalar_one() == 1
+    engine.dispose()
+
+
+def test_a_checkpoints_file_lost_during_the_run_fails_it_and_records_why(ws: Any) -> None:
+    """The directory vanishes after the policy loaded: the run disposed (and ledgered) its
+    records, its checkpoint is in the state database, the run row says failed, exit 1."""
+    from retentiond.app import App
+    from retentiond.errors import RetentiondError
+    from retentiond.sweep import sweep
+
     engine = sa.create_engine(f"sqlite:///{ws.root / 'store.db'}")
     create(engine, users_table(sa.MetaData()), [Row(1, OLD)])
     engine.dispose()
-    missing = ws.root / "no-such-dir" / "checkpoints.jsonl"
+    target = ws.root / "audit" / "checkpoints.jsonl"
+    target.parent.mkdir()
     ws.policy({"app": {"adapter": "sql", "url": f"sqlite:///{ws.root / 'store.db'}"}}, [RULE],
-              checkpoints={"file": str(missing)})
-    result = ws.invoke("run")
-    assert result.code == 1, (result.out, result.err)
-    assert [line for line in result.err.splitlines() if line.startswith("error: ")] == [
-        f"error: checkpoints.file {missing}: cannot append the checkpoint at entry 2 (No such "
-        "file or directory); it is in the state database (`audit checkpoint -o FILE`)"]
+              checkpoints={"file": str(target)})
+    app = App(str(ws.config))
+    assert app.policy.checkpoints is not None
+    target.parent.rmdir()
+    with pytest.raises(RetentiondError) as failed:
+        sweep(app, dry_run=False)
+    app.close()
+    assert failed.value.exit_code == 1
+    assert str(failed.value) == (
+        f"checkpoints.file {target}: cannot append the checkpoint at entry 2 (No such file or "
+        "directory); it is in the state database (`audit checkpoint -o FILE`)")
     assert [cp["seq"] for cp in state_rows(_state(ws), "select seq from checkpoints")] == [2]
+    assert [r["status"] for r in state_rows(_state(ws), "select status from runs")] == [
+        "failed"]
+
+
+@pytest.mark.parametrize("option", ["--public-key", "--checkpoint"])
+@pytest.mark.parametrize("kind", ["fifo", "dev-zero", "directory"])
+def test_verify_reads_no_file_that_is_not_a_regular_one(ws: Any, option: str,
+                                                        kind: str) -> None:
+    """A FIFO would block, /dev/zero would read until memory runs out: refused at once."""
+    ws.policy({}, [])
+    paths = {"fifo": ws.root / "in.fifo", "dev-zero": Path("/dev/zero"), "directory": ws.root}
+    if kind == "fifo":
+        os.mkfifo(paths["fifo"])
+    what = {"fifo": "a FIFO", "dev-zero": "a character device", "directory": "a directory"}
+    result = ws.cli("audit", "verify", option, str(paths[kind]), timeout=20)
+    assert result.code == 2, result.err
+    assert [x for x in result.err.splitlines() if x.startswith("error: ")] == [
+        f"error: {option} {paths[kind]}: is {what[kind]}, not a regular file"]
