@@ -145,6 +145,10 @@ def _verify_fails(ws: Any, entry: int, *args: str) -> str:
     return lines[0]
 
 
+NO_EXTERNAL = ("no external checkpoint: a rewritten tail whose checkpoints were deleted cannot "
+               "be detected, nor entries appended after the latest checkpoint (give "
+               "--checkpoint FILE)")
+
 # -- an honest trail ---------------------------------------------------------------------------
 def test_sweep_trail_verifies(unsigned: Path, ws: Any) -> None:
     state = _copy(unsigned, ws)
@@ -158,8 +162,12 @@ def test_sweep_trail_verifies(unsigned: Path, ws: Any) -> None:
     assert head == {"seq": ENTRIES, "hash": entries[-1]["hash"]}
     result = ws.cli("audit", "verify")
     assert result.code == 0, result.err
-    assert result.out.splitlines()[0] == (f"audit trail verified: {ENTRIES} entries, head "
-                                          f"{entries[-1]['hash']}, 1 checkpoints (0 signed)")
+    assert result.out.splitlines() == [
+        f"audit trail verified: {ENTRIES} entries, head {entries[-1]['hash']}, 1 checkpoints "
+        "(0 signed)",
+        "signatures NOT checked against a trusted key: give --public-key FILE (from `audit "
+        "public-key`) or set signing_key",
+        NO_EXTERNAL]
 
 
 # -- tampering with the state database ---------------------------------------------------------
@@ -237,7 +245,10 @@ def test_signed_checkpoints_verify(signed: Path, ws: Any) -> None:
     assert (cp["seq"], cp["public_key"], len(cp["signature"])) == (ENTRIES, public, 128)
     result = ws.cli("audit", "verify")
     assert result.code == 0, result.err
-    assert result.out.splitlines()[0].endswith("1 checkpoints (1 signed)")
+    lines = result.out.splitlines()
+    assert lines[0].endswith("1 checkpoints (1 signed)")
+    assert lines[1:] == ["signatures checked against the trusted public key from the policy's "
+                         "signing_key", NO_EXTERNAL]
     out = ws.root / "checkpoint.json"
     assert ws.cli("audit", "checkpoint", "-o", str(out)).code == 0
     assert ws.cli("audit", "verify", "--checkpoint", str(out)).code == 0
