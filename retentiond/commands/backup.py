@@ -42,9 +42,10 @@ def restored(app: App, store: str, taken_at: str) -> int:
     # A replay disposes records: it holds the sweep lease, as `run` does.
     with lease.one_shot(app.state, lease.Timings.from_env(os.environ), wait=0) as held:
         groups = _disposals_since(app, store, since.isoformat(timespec="microseconds"))
+        adapter = app.adapter(store)  # unreachable: exit 3 before a run row is written
         run_id = uuid.uuid4().hex
         _start_run(app, run_id, since, held.holder)
-        executor = Executor(policy, app.state, {store: app.adapter(store)}, run_id)
+        executor = Executor(policy, app.state, {store: adapter}, run_id)
         results = [_replay(app, executor, rule_id, action, refs, since)
                    for (rule_id, action), refs in sorted(groups.items())]
     results = [r for r in results if r is not None]
