@@ -17,7 +17,7 @@ keys or database error text that could echo them.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 # Characters that would end or garble a line on a terminal or in the journal.
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
@@ -50,16 +50,46 @@ class UsageError(RetentiondError):
 
 
 class PolicyError(RetentiondError):
-    """One or more problems in the policy file, each as ``(path, message)``."""
+    """One or more problems in the policy file, each as ``(path, message)``.
+
+    ``rule_ids`` maps a rule's position to its id as written in the file, for the rules whose
+    id is usable; a line then names the rule both ways: ``rules[3] (minors).store: ...``. A rule
+    without a usable id (missing, or not a valid id) is named by its path alone."""
 
     exit_code = 2
 
-    def __init__(self, problems: Iterable[tuple[str, str]]) -> None:
+    def __init__(self, problems: Iterable[tuple[str, str]],
+                 rule_ids: Mapping[int, str] | None = None) -> None:
         self.problems = sorted(set(problems), key=_problem_order)
+        self.rule_ids = dict(rule_ids or {})
         super().__init__("; ".join(self.lines()))
 
     def lines(self) -> list[str]:
-        return [one_line(f"{path}: {msg}" if path else msg) for path, msg in self.problems]
+        return [one_line(f"{self.named(path)}: {msg}" if path else msg)
+                for path, msg in self.problems]
+
+    def named(self, path: str) -> str:
+        """``rules[3].store`` as ``rules[3] (minors).store``; other paths unchanged."""
+        m = _RULE_PATH.match(path)
+        rule = self.rule_ids.get(int(m.group(1))) if m else None
+        return f"{m.group(0)} ({rule}){path[m.end():]}" if m and rule else path
+
+    def documents(self) -> list[dict[str, str | None]]:
+        """The problems for ``--json``: ``{"path", "rule", "message"}`` each, ``rule`` (the id,
+        or null when the rule has no usable id) only when the path is inside a rule."""
+        out: list[dict[str, str | None]] = []
+        for path, msg in self.problems:
+            m = _RULE_PATH.match(path)
+            doc: dict[str, str | None] = {"path": path}
+            if m:
+                doc["rule"] = self.rule_ids.get(int(m.group(1)))
+            doc["message"] = msg
+            out.append(doc)
+        return out
+
+
+# ``rules[3]`` at the start of a path, followed by its end, a key or an index.
+_RULE_PATH = re.compile(r"^rules\[([0-9]+)\](?=$|[.\[])")
 
 
 def _problem_order(problem: tuple[str, str]) -> tuple[str, str]:

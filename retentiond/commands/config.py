@@ -32,7 +32,7 @@ def validate(app: App) -> int:
         for path, msg in app.adapter(rule.store).validate(rule):
             problems.append((f"rules[{i}].{path}" if path else f"rules[{i}]", msg))
     if problems:
-        raise PolicyError(problems)
+        raise PolicyError(problems, {i: rule.id for i, rule in enumerate(policy.rules)})
     warnings = overlap_warnings(policy)
     for text in warnings:
         print(f"warning: {text}", file=sys.stderr)

@@ -1,7 +1,7 @@
 """Read a policy file: YAML (safe_load), ``${ENV}`` interpolation, validation, cross checks.
 
 Every problem is collected and raised at once as a :class:`PolicyError` whose lines carry the
-path of the offending key (``rules[2].keep_for: ...``).
+path of the offending key and, inside a rule, its id (``rules[2] (minors).keep_for: ...``).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from retentiond.errors import PolicyError
 from retentiond.policy.checks import cross_check
 from retentiond.policy.keys import read_regular_file
-from retentiond.policy.model import STRATEGY_NAMES, Policy, known_keys
+from retentiond.policy.model import RULE_ID_PATTERN, STRATEGY_NAMES, Policy, known_keys
 
 _ENV = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 Problem = tuple[str, str]
@@ -51,8 +51,17 @@ def parse_policy(raw_bytes: bytes, path: Path | None = None) -> Policy:
     problems += cross_check(policy, data)
     problems = unset + [p for p in problems if not _under_any(p[0], unset)]
     if problems or policy is None:
-        raise PolicyError(problems)
+        raise PolicyError(problems, rule_ids(data))
     return policy.with_origin(path, raw_bytes)
+
+
+def rule_ids(data: dict[str, Any]) -> dict[int, str]:
+    """Each rule's id as written (after ``${ENV}``), for naming it in messages; a rule whose
+    id is missing or not a valid id is left out, and named by its position alone."""
+    rules = data.get("rules")
+    return {i: rule["id"] for i, rule in enumerate(rules if isinstance(rules, list) else ())
+            if isinstance(rule, dict) and isinstance(rule.get("id"), str)
+            and re.fullmatch(RULE_ID_PATTERN, rule["id"])}
 
 
 # -- YAML -------------------------------------------------------------------------------------

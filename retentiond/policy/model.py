@@ -89,7 +89,8 @@ def _name(pattern: str, what: str) -> Any:
             WithJsonSchema({"type": "string", "pattern": f"^{pattern}$"}))
 
 
-RuleId = Annotated[str, *_name(r"[a-z0-9-]{1,64}", "a valid rule id: use 1-64 lowercase letters, "
+RULE_ID_PATTERN = r"[a-z0-9-]{1,64}"
+RuleId = Annotated[str, *_name(RULE_ID_PATTERN, "a valid rule id: use 1-64 lowercase letters, "
                                "digits and '-', like closed-accounts")]
 StoreName = Annotated[str, *_name(r"[A-Za-z0-9_-]{1,64}", "a valid store name: use letters, "
                                   "digits, '_' and '-'")]

@@ -418,7 +418,7 @@ def test_where_error_from_the_database_quotes_no_row_value(ws: Any, pg_db: Any) 
     res = ws.invoke("config", "validate")
     assert res.code == 2
     assert "maria" not in res.out + res.err
-    assert ("rules[0].where: does not run on store app: invalid input syntax for type "
+    assert ("rules[0] (casts).where: does not run on store app: invalid input syntax for type "
             "integer: '…'") in res.out + res.err
 
 

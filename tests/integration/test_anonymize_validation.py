@@ -49,7 +49,7 @@ TOO_LONG = {"strategy": "constant", "value": "redacted-value"}
 COLLIDE = 'would make values collide; use "hmac" without length'
 HMAC_TOO_LONG = "characters; accounts.short holds 32 (set length or widen the column)"
 
-# (rule, the error lines it must produce without the "error: rules[i]." prefix)
+# (rule, the error lines it must produce without the "error: rules[i] (id)." prefix)
 CASES: list[tuple[dict[str, Any], list[str]]] = [
     (rule("null-on-not-null", {"name": NULL}),
      ['anonymize.columns.name: strategy "null" on NOT NULL column accounts.name; '
@@ -123,7 +123,7 @@ def test_each_refusal_is_one_error_line(store_db: Any, ws: Any) -> None:
     result = ws.cli("config", "validate")
     assert result.code == 2, result.out + result.err
     assert "Traceback" not in result.err
-    expected = [f"error: rules[{i}].{line}" for i, (_, lines) in enumerate(CASES)
+    expected = [f"error: rules[{i}] ({r['id']}).{line}" for i, (r, lines) in enumerate(CASES)
                 for line in lines]
     got = log_free_lines(result.err)
     assert sorted(got) == sorted(expected)

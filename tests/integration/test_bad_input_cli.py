@@ -13,6 +13,7 @@ import pytest
 import sqlalchemy as sa
 
 COMMANDS = (("plan",), ("run",), ("config", "validate"))
+R0 = "rules[0] (closed-accounts)"  # how messages name _rule(): its path and its id
 
 
 def _rule(**extra: Any) -> dict[str, Any]:
@@ -87,55 +88,55 @@ def duplicate_key(s: Setup) -> list[str]:
 
 def unknown_keys(s: Setup) -> list[str]:
     s.policy([_rule(colour="red")], colour="red")
-    return ["error: colour: unknown key", "error: rules[0].colour: unknown key"]
+    return ["error: colour: unknown key", f"error: {R0}.colour: unknown key"]
 
 
 def unknown_store(s: Setup) -> list[str]:
     s.policy([_rule(store="crm")])
-    return ["error: rules[0].store: unknown store 'crm'; define it under stores: or use one "
+    return [f"error: {R0}.store: unknown store 'crm'; define it under stores: or use one "
             "of: app"]
 
 
 def keep_longer(s: Setup) -> list[str]:
     s.policy([_rule(keep_for="4y")])
-    return ["error: rules[0].keep_for: keep_for 4y is longer than dispose_after 3y; make "
+    return [f"error: {R0}.keep_for: keep_for 4y is longer than dispose_after 3y; make "
             "keep_for at most dispose_after"]
 
 
 def bad_identifier(s: Setup) -> list[str]:
     s.policy([_rule(table="users; drop table users")])
-    return ["error: rules[0].table: 'users; drop table users' is not a plain name or "
+    return [f"error: {R0}.table: 'users; drop table users' is not a plain name or "
             "schema.name (letters, digits and _, not starting with a digit, at most 63 "
             "characters); retentiond quotes it for you"]
 
 
 def bad_duration(s: Setup) -> list[str]:
     s.policy([_rule(dispose_after="3 years")])
-    return ["error: rules[0].dispose_after: unparseable duration '3 years'; use <n>h, <n>d, "
+    return [f"error: {R0}.dispose_after: unparseable duration '3 years'; use <n>h, <n>d, "
             "<n>w, <n>mo, <n>y or ISO 8601 like P3Y"]
 
 
 def two_statements(s: Setup) -> list[str]:
     s.policy([_rule(where="email is not null; drop table users")])
-    return ["error: rules[0].where: where must be one SQL expression, and ';' separates "
+    return [f"error: {R0}.where: where must be one SQL expression, and ';' separates "
             "statements; remove the ';'"]
 
 
 def sql_comment(s: Setup) -> list[str]:
     s.policy([_rule(where="email is not null -- or 1 = 1")])
-    return ["error: rules[0].where: where must not contain SQL comments (--, /* */ or #); "
+    return [f"error: {R0}.where: where must not contain SQL comments (--, /* */ or #); "
             "remove the comment"]
 
 
 def duplicate_ids(s: Setup) -> list[str]:
     s.policy([_rule(), _rule()])
-    return ["error: rules[1].id: duplicate rule id 'closed-accounts' (also rules[0]); give "
-            "every rule its own id"]
+    return ["error: rules[1] (closed-accounts).id: duplicate rule id 'closed-accounts' (also "
+            "rules[0]); give every rule its own id"]
 
 
 def keep_without_basis(s: Setup) -> list[str]:
     s.policy([_rule(on_erasure="keep")])
-    return ["error: rules[0].legal_basis: on_erasure: keep needs a legal_basis saying which "
+    return [f"error: {R0}.legal_basis: on_erasure: keep needs a legal_basis saying which "
             "law keeps these records"]
 
 
@@ -175,10 +176,10 @@ def several(s: Setup) -> list[str]:
     s.policy([_rule(store="crm", keep_for="4y"), _rule(id="b", where="1; 2")],
              timezone="Nowhere")
     return [
-        "error: rules[0].keep_for: keep_for 4y is longer than dispose_after 3y; make keep_for "
+        f"error: {R0}.keep_for: keep_for 4y is longer than dispose_after 3y; make keep_for "
         "at most dispose_after",
-        "error: rules[0].store: unknown store 'crm'; define it under stores: or use one of: app",
-        "error: rules[1].where: where must be one SQL expression, and ';' separates "
+        f"error: {R0}.store: unknown store 'crm'; define it under stores: or use one of: app",
+        "error: rules[1] (b).where: where must be one SQL expression, and ';' separates "
         "statements; remove the ';'",
         "error: timezone: unknown time zone 'Nowhere'; use an IANA name like UTC or "
         "Europe/Berlin",

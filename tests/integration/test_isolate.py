@@ -198,9 +198,10 @@ def test_isolate_refusals(sqlite_db: Any, ws: Any) -> None:
     result = ws.cli("config", "validate")
     assert result.code == 2, result.out + result.err
     assert sorted(log_free_lines(result.err)) == sorted([
-        "error: rules[0].isolate: isolate needs isolate.for, or backups.retention on store "
-        "'app', to know when to purge",
-        "error: rules[1].table: sessions_isolated holds isolated records; no rule may read it",
-        "error: rules[3].table: devices_quarantine holds isolated records; no rule may read "
-        "it"])
+        "error: rules[0] (stale-sessions).isolate: isolate needs isolate.for, or "
+        "backups.retention on store 'app', to know when to purge",
+        "error: rules[1] (reads-isolated).table: sessions_isolated holds isolated records; no "
+        "rule may read it",
+        "error: rules[3] (reads-quarantine).table: devices_quarantine holds isolated records; "
+        "no rule may read it"])
     assert result.out == ""

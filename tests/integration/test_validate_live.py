@@ -67,20 +67,23 @@ def test_every_live_problem_is_listed_with_its_path(store_db: Any, ws: Any) -> N
                     for line in error_lines(result.err))
     assert len(error_lines(result.err)) == len(problems) == 10, result.err
     assert sorted(problems) == sorted([
-        "rules[0].table", "rules[1].key", "rules[2].clock", "rules[3].subject",
-        "rules[4].match.no_such_status", "rules[5].key", "rules[6].clock", "rules[7].where",
-        "rules[8].key", "rules[8].clock",
+        "rules[0] (rule-0).table", "rules[1] (rule-1).key", "rules[2] (rule-2).clock",
+        "rules[3] (rule-3).subject", "rules[4] (rule-4).match.no_such_status",
+        "rules[5] (rule-5).key", "rules[6] (rule-6).clock", "rules[7] (rule-7).where",
+        "rules[8] (rule-8).key", "rules[8] (rule-8).clock",
     ])
     mentions = {
-        "rules[0].table": "no_such_table", "rules[1].key": "no_such_key",
-        "rules[2].clock": "no_such_clock", "rules[3].subject": "no_such_subject",
-        "rules[4].match.no_such_status": "no_such_status", "rules[5].key": "plain_no",
-        "rules[6].clock": "balance", "rules[7].where": "does not run",
-        "rules[8].key": "missing_key", "rules[8].clock": "missing_clock",
+        "rules[0] (rule-0).table": "no_such_table", "rules[1] (rule-1).key": "no_such_key",
+        "rules[2] (rule-2).clock": "no_such_clock",
+        "rules[3] (rule-3).subject": "no_such_subject",
+        "rules[4] (rule-4).match.no_such_status": "no_such_status",
+        "rules[5] (rule-5).key": "plain_no", "rules[6] (rule-6).clock": "balance",
+        "rules[7] (rule-7).where": "does not run", "rules[8] (rule-8).key": "missing_key",
+        "rules[8] (rule-8).clock": "missing_clock",
     }
     for path, word in mentions.items():
         assert word in problems[path], (path, problems[path])
-    assert "neither the primary key nor unique" in problems["rules[5].key"]
+    assert "neither the primary key nor unique" in problems["rules[5] (rule-5).key"]
     assert "policy OK" not in result.out
 
 

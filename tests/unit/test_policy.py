@@ -24,6 +24,7 @@ from retentiond.policy.model import DURATION_PATTERN
 from retentiond.timeutil import Duration, parse_duration
 
 KEY = secrets.token_hex(32)  # 64 bytes of text
+R0 = "rules[0] (closed-accounts)"  # how messages name the first rule of `base`: path and id
 
 
 def _rule(**extra: Any) -> dict[str, Any]:
@@ -166,52 +167,52 @@ def test_missing_file(tmp_path: Path) -> None:
 # -- one problem each -------------------------------------------------------------------------
 CASES: list[tuple[str, Callable[[dict[str, Any]], dict[str, Any]], list[str]]] = [
     ("unknown top-level key", lambda b: with_(b, colour="red"), ["colour: unknown key"]),
-    ("unknown rule key", lambda b: with_rule(b, colour="red"), ["rules[0].colour: unknown key"]),
+    ("unknown rule key", lambda b: with_rule(b, colour="red"), [f"{R0}.colour: unknown key"]),
     ("misspelt rule key", lambda b: with_rule(b, keep_fro="1y"),
-     ["rules[0].keep_fro: unknown key (did you mean 'keep_for'?)"]),
+     [f"{R0}.keep_fro: unknown key (did you mean 'keep_for'?)"]),
     ("unknown store key", lambda b: with_(b, stores={"app": {
         "adapter": "sql", "url": "sqlite:///a.db", "colour": 1}}),
      ["stores.app.colour: unknown key"]),
     ("unknown strategy key", lambda b: with_rule(b, action="anonymize", anonymize={
         "marker": "m", "columns": {"email": {"strategy": "mask", "keep": 1}}}),
-     ["rules[0].anonymize.columns.email.keep: unknown key"]),
+     [f"{R0}.anonymize.columns.email.keep: unknown key"]),
     ("unknown store", lambda b: with_rule(b, store="nope"),
-     ["rules[0].store: unknown store 'nope'; define it under stores: or use one of: app"]),
+     [f"{R0}.store: unknown store 'nope'; define it under stores: or use one of: app"]),
     ("keep_for longer", lambda b: with_rule(b, keep_for="4y"),
-     ["rules[0].keep_for: keep_for 4y is longer than dispose_after 3y; make keep_for at most "
+     [f"{R0}.keep_for: keep_for 4y is longer than dispose_after 3y; make keep_for at most "
       "dispose_after"]),
     ("keep_for can be longer", lambda b: with_rule(b, keep_for="1mo", dispose_after="30d"),
-     ["rules[0].keep_for: keep_for 1mo can be (months differ in length) longer than "
+     [f"{R0}.keep_for: keep_for 1mo can be (months differ in length) longer than "
       "dispose_after 30d; make keep_for at most dispose_after"]),
     ("table not a name", lambda b: with_rule(b, table="users; drop table users"),
-     ["rules[0].table: 'users; drop table users' is not a plain name or schema.name (letters, "
+     [f"{R0}.table: 'users; drop table users' is not a plain name or schema.name (letters, "
       "digits and _, not starting with a digit, at most 63 characters); retentiond quotes it "
       "for you"]),
     ("key not a name", lambda b: with_rule(b, key="1id"),
-     ["rules[0].key: '1id' is not a plain name (letters, digits and _, not starting with a "
+     [f"{R0}.key: '1id' is not a plain name (letters, digits and _, not starting with a "
       "digit, at most 63 characters); retentiond quotes it for you"]),
     ("column with newline", lambda b: with_rule(b, clock="closed_at\n"),
-     ["rules[0].clock: 'closed_at\\n' is not a plain name (letters, digits and _, not starting "
+     [f"{R0}.clock: 'closed_at\\n' is not a plain name (letters, digits and _, not starting "
       "with a digit, at most 63 characters); retentiond quotes it for you"]),
     ("bad duration", lambda b: with_rule(b, dispose_after="3 years"),
-     ["rules[0].dispose_after: unparseable duration '3 years'; use <n>h, <n>d, <n>w, <n>mo, "
+     [f"{R0}.dispose_after: unparseable duration '3 years'; use <n>h, <n>d, <n>w, <n>mo, "
       "<n>y or ISO 8601 like P3Y"]),
     ("number as duration", lambda b: with_rule(b, dispose_after=3),
-     ["rules[0].dispose_after: expected a duration such as 30d or P3Y, got 3"]),
+     [f"{R0}.dispose_after: expected a duration such as 30d or P3Y, got 3"]),
     ("two statements", lambda b: with_rule(b, where="a = 1; drop table users"),
-     ["rules[0].where: where must be one SQL expression, and ';' separates statements; "
+     [f"{R0}.where: where must be one SQL expression, and ';' separates statements; "
       "remove the ';'"]),
     ("comment", lambda b: with_rule(b, where="a = 1 -- and b = 2"),
-     ["rules[0].where: where must not contain SQL comments (--, /* */ or #); remove the "
+     [f"{R0}.where: where must not contain SQL comments (--, /* */ or #); remove the "
       "comment"]),
     ("duplicate ids", lambda b: with_(b, rules=[_rule(), _rule(table="t")]),
-     ["rules[1].id: duplicate rule id 'closed-accounts' (also rules[0]); give every rule its "
-      "own id"]),
+     ["rules[1] (closed-accounts).id: duplicate rule id 'closed-accounts' (also rules[0]); "
+      "give every rule its own id"]),
     ("keep without basis", lambda b: with_rule(b, on_erasure="keep"),
-     ["rules[0].legal_basis: on_erasure: keep needs a legal_basis saying which law keeps "
+     [f"{R0}.legal_basis: on_erasure: keep needs a legal_basis saying which law keeps "
       "these records"]),
     ("keep with blank basis", lambda b: with_rule(b, on_erasure="keep", legal_basis="  "),
-     ["rules[0].legal_basis: on_erasure: keep needs a legal_basis saying which law keeps "
+     [f"{R0}.legal_basis: on_erasure: keep needs a legal_basis saying which law keeps "
       "these records"]),
     ("cron with four fields", lambda b: with_(b, schedule="61 * * *"),
      ["schedule: invalid cron expression '61 * * *': Wrong number of fields; got 4, expected "
@@ -232,7 +233,7 @@ CASES: list[tuple[str, Callable[[dict[str, Any]], dict[str, Any]], list[str]]] =
     ("unknown adapter", lambda b: with_(b, stores={"app": {"adapter": "mongo"}}),
      ["stores.app.adapter: unknown adapter 'mongo'; use one of the installed adapters (sql)"]),
     ("bad action", lambda b: with_rule(b, action="shred"),
-     ["rules[0].action: 'shred' is not allowed; use \"delete\", \"anonymize\" or \"isolate\""]),
+     [f"{R0}.action: 'shred' is not allowed; use \"delete\", \"anonymize\" or \"isolate\""]),
     ("bad version", lambda b: with_(b, version=2), ["version: 2 is not allowed; use 1"]),
     ("no version", lambda b: {k: v for k, v in b.items() if k != "version"},
      ["version: required key is missing"]),
@@ -246,28 +247,28 @@ CASES: list[tuple[str, Callable[[dict[str, Any]], dict[str, Any]], list[str]]] =
      ["rules: expected a list, got nothing (null)"]),
     ("unknown strategy", lambda b: with_rule(b, action="anonymize", anonymize={
         "marker": "m", "columns": {"email": {"strategy": "shred"}}}),
-     ["rules[0].anonymize.columns.email: unknown strategy 'shred'; use one of null, default, "
+     [f"{R0}.anonymize.columns.email: unknown strategy 'shred'; use one of null, default, "
       "constant, mask, hmac, fake, truncate_date, round"]),
     ("strategy missing", lambda b: with_rule(b, action="anonymize", anonymize={
         "marker": "m", "columns": {"email": {"keep_last": 2}}}),
-     ["rules[0].anonymize.columns.email: strategy is missing; use one of null, default, "
+     [f"{R0}.anonymize.columns.email: strategy is missing; use one of null, default, "
       "constant, mask, hmac, fake, truncate_date, round"]),
     ("constant not a scalar", lambda b: with_rule(b, action="anonymize", anonymize={
         "marker": "m", "columns": {"email": {"strategy": "constant", "value": [1]}}}),
-     ["rules[0].anonymize.columns.email.value: value must be a string, a number or "
+     [f"{R0}.anonymize.columns.email.value: value must be a string, a number or "
       "true/false"]),
     ("anonymize without block", lambda b: with_rule(b, action="anonymize"),
-     ["rules[0].anonymize: action anonymize needs an anonymize: block with marker and "
+     [f"{R0}.anonymize: action anonymize needs an anonymize: block with marker and "
       "columns"]),
     ("unknown condition", lambda b: with_rule(b, match={"x": {"older": "3y"}}),
-     ["rules[0].match.x: unknown condition {'older': '3y'}; use a value or exactly one of "
+     [f"{R0}.match.x: unknown condition {{'older': '3y'}}; use a value or exactly one of "
       "{in: [...]}, {is_null: true|false}, {older_than: DURATION}, {newer_than: DURATION}"]),
     ("condition duration", lambda b: with_rule(b, match={"x": {"older_than": "3 years"}}),
-     ["rules[0].match.x: unparseable duration '3 years'; use <n>h, <n>d, <n>w, <n>mo, <n>y or "
+     [f"{R0}.match.x: unparseable duration '3 years'; use <n>h, <n>d, <n>w, <n>mo, <n>y or "
       "ISO 8601 like P3Y"]),
     ("sql rule without table", lambda b: with_(b, rules=[{"id": "r", "store": "app",
                                                           "key": "id"}]),
-     ["rules[0].table: required for the sql adapter"]),
+     ["rules[0] (r).table: required for the sql adapter"]),
 ]
 
 
@@ -288,21 +289,83 @@ def test_several_problems_are_reported_at_once(problems: Problems,
     ])
     assert problems(doc) == [
         "colour: unknown key",
-        "rules[0].colour: unknown key",
-        "rules[0].store: unknown store 'nope'; define it under stores: or use one of: app",
-        "rules[1].keep_for: keep_for 4y is longer than dispose_after 3y; make keep_for at most "
-        "dispose_after",
-        "rules[1].where: where must be one SQL expression, and ';' separates statements; "
+        f"{R0}.colour: unknown key",
+        f"{R0}.store: unknown store 'nope'; define it under stores: or use one of: app",
+        "rules[1] (b).keep_for: keep_for 4y is longer than dispose_after 3y; make keep_for at "
+        "most dispose_after",
+        "rules[1] (b).where: where must be one SQL expression, and ';' separates statements; "
         "remove the ';'",
-        "rules[2].dispose_after: unparseable duration 'soon'; use <n>h, <n>d, <n>w, <n>mo, <n>y "
-        "or ISO 8601 like P3Y",
-        "rules[2].id: duplicate rule id 'b' (also rules[1]); give every rule its own id",
-        "rules[2].legal_basis: on_erasure: keep needs a legal_basis saying which law keeps "
+        "rules[2] (b).dispose_after: unparseable duration 'soon'; use <n>h, <n>d, <n>w, <n>mo, "
+        "<n>y or ISO 8601 like P3Y",
+        "rules[2] (b).id: duplicate rule id 'b' (also rules[1]); give every rule its own id",
+        "rules[2] (b).legal_basis: on_erasure: keep needs a legal_basis saying which law keeps "
         "these records",
         "schedule: invalid cron expression 'bogus': Wrong number of fields; got 1, expected 5; "
         "use five fields (minute hour day month weekday), like \"0 3 * * *\"",
         "timezone: unknown time zone 'Nope/Nope'; use an IANA name like UTC or Europe/Berlin",
     ]
+
+
+# -- rules named by path and id (SPEC 10) ------------------------------------------------------
+def test_rule_problems_name_the_rule_by_path_and_id(problems: Problems,
+                                                    base: dict[str, Any]) -> None:
+    """Cross checks and schema errors alike; keys outside the rules keep their path alone."""
+    doc = with_(base, timezone="Nope/Nope", rules=[
+        _rule(), _rule(id="minors", store="warehouse", keep_for=3, subject_kind=5)])
+    assert problems(doc) == [
+        "rules[1] (minors).keep_for: expected a duration such as 30d or P3Y, got 3",
+        "rules[1] (minors).store: unknown store 'warehouse'; define it under stores: or use one "
+        "of: app",
+        "rules[1] (minors).subject_kind: expected a string, got a number 5",
+        "timezone: unknown time zone 'Nope/Nope'; use an IANA name like UTC or Europe/Berlin",
+    ]
+
+
+def test_rule_without_a_usable_id_is_named_by_its_path_alone(problems: Problems,
+                                                              base: dict[str, Any]) -> None:
+    """A missing id, an id that is not a valid rule id, and an id that is not a string: the
+    text is not a name to show, and its own problem (at ``.id``) already quotes it."""
+    no_id = {k: v for k, v in _rule(store="warehouse").items() if k != "id"}
+    doc = with_(base, rules=[no_id, _rule(id="Minors\n(b)", store="warehouse"),
+                             _rule(id=7, store="warehouse")])
+    assert problems(doc) == [
+        "rules[0].id: required key is missing",
+        "rules[0].store: unknown store 'warehouse'; define it under stores: or use one of: app",
+        "rules[1].id: 'Minors\\n(b)' is not a valid rule id: use 1-64 lowercase letters, "
+        "digits and '-', like closed-accounts",
+        "rules[1].store: unknown store 'warehouse'; define it under stores: or use one of: app",
+        "rules[2].id: expected a string, got a number 7",
+        "rules[2].store: unknown store 'warehouse'; define it under stores: or use one of: app",
+    ]
+
+
+def test_rule_id_from_the_environment_names_the_rule(problems: Problems,
+                                                     base: dict[str, Any],
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RTD_TEST_RULE_ID", "minors")
+    assert problems(with_rule(base, id="${RTD_TEST_RULE_ID}", store="warehouse")) == [
+        "rules[0] (minors).store: unknown store 'warehouse'; define it under stores: or use "
+        "one of: app"]
+
+
+def test_policy_error_documents_for_json(write: Write, base: dict[str, Any]) -> None:
+    no_id = {k: v for k, v in _rule().items() if k != "id"}
+    doc = with_(base, colour=1, rules=[_rule(id="minors", store="warehouse"), no_id])
+    with pytest.raises(PolicyError) as exc:
+        load_policy(write(doc))
+    assert exc.value.documents() == [
+        {"path": "colour", "message": "unknown key"},
+        {"path": "rules[0].store", "rule": "minors",
+         "message": "unknown store 'warehouse'; define it under stores: or use one of: app"},
+        {"path": "rules[1].id", "rule": None, "message": "required key is missing"},
+    ]
+
+
+def test_only_a_whole_rule_index_is_named() -> None:
+    err = PolicyError([("rules[1].store", "a"), ("rules[10].store", "b"), ("rules[1][0]", "c"),
+                       ("rules", "d"), ("rules_x[1].y", "e"), ("", "f")], {1: "minors"})
+    assert err.lines() == ["f", "rules: d", "rules[10].store: b", "rules[1] (minors).store: a",
+                           "rules[1] (minors)[0]: c", "rules_x[1].y: e"]
 
 
 def test_keep_with_a_legal_basis_is_fine(base: dict[str, Any], write: Write) -> None:
@@ -449,8 +512,8 @@ def test_missing_env_variable_is_one_problem(problems: Problems, base: dict[str,
     monkeypatch.delenv("RTD_TEST_UNSET", raising=False)
     doc = with_rule(base, keep_for="${RTD_TEST_UNSET}", colour=1)
     assert problems(doc) == [
-        "rules[0].colour: unknown key",
-        "rules[0].keep_for: environment variable RTD_TEST_UNSET is not set; set it, or give a "
+        f"{R0}.colour: unknown key",
+        f"{R0}.keep_for: environment variable RTD_TEST_UNSET is not set; set it, or give a "
         "default with ${RTD_TEST_UNSET:-VALUE}",
     ]
 
