@@ -12,10 +12,10 @@ from typing import Any, TypeVar
 
 import click
 
-from retentiond import __version__
+from retentiond import __version__, output
 from retentiond import log as logsetup
 from retentiond.app import App
-from retentiond.errors import RetentiondError, UsageError, one_line, shown
+from retentiond.errors import PolicyError, RetentiondError, UsageError, one_line, shown
 from retentiond.timeutil import InstantOutOfRange, in_planning_range, parse_instant
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -364,6 +364,14 @@ def _database_error(exc: Exception, debug: bool) -> None:
     sys.exit(1)
 
 
+def _policy_json(exc: RetentiondError, args: list[str]) -> None:
+    """With ``--json``, a policy error is also one JSON document on stdout: ``{"ok": false,
+    "problems": [{"path", "rule", "message"}]}`` (``rule`` only for paths inside a rule).
+    ``--json`` (global or the command's) is found in the arguments, as ``--debug`` is."""
+    if isinstance(exc, PolicyError) and "--json" in args:
+        output.emit_json({"ok": False, "problems": exc.documents()})
+
+
 def main(argv: list[str] | None = None) -> None:
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
     try:
@@ -381,6 +389,7 @@ def main(argv: list[str] | None = None) -> None:
             traceback.print_exc()
         for text in exc.lines():
             click.echo(f"error: {text}", err=True)
+        _policy_json(exc, argv if argv is not None else sys.argv[1:])
         sys.exit(exc.exit_code)
     except Exception as exc:  # noqa: BLE001 - last resort: one line, traceback with --debug
         _database_error(exc, debug)
