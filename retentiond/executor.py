@@ -16,9 +16,9 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import delete, insert, select
+from sqlalchemy import Table, delete, insert, select
 from sqlalchemy.engine import Connection, Engine
 
 from retentiond import planner
@@ -32,9 +32,9 @@ from retentiond.state.models import LedgerEntry, Pending, Run
 from retentiond.timeutil import Duration, add
 
 log = get_logger(__name__)
-pending_t = Pending.__table__
-runs_t = Run.__table__
-ledger_t = LedgerEntry.__table__
+pending_t = cast(Table, Pending.__table__)
+runs_t = cast(Table, Run.__table__)
+ledger_t = cast(Table, LedgerEntry.__table__)
 
 
 @dataclass
@@ -84,6 +84,11 @@ def kind_of(reason: str) -> str:
     return reason if reason in ("purge", "replay") else "dispose"
 
 
+FAST_ACTIONS = ("delete", "anonymize")
+Outcome = tuple[int, bool]  # records disposed by one batch, whether the selection may have more
+Step = Callable[[Selection], "Outcome | None"]
+
+
 class Executor:
     def __init__(self, policy: Policy, state: Engine, adapters: dict[str, Adapter],
                  run_id: str, should_stop: Callable[[], bool] = lambda: False) -> None:
@@ -92,7 +97,7 @@ class Executor:
         self.adapters = adapters
         self.run_id = run_id
         self.should_stop = should_stop
-        self.refs = ledger.Refs(policy.secret_key.get_secret_value())
+        self.refs = ledger.Refs(policy.secret_bytes)
         self.stopped = False
         self.stopped_by_hold = False
 
@@ -100,97 +105,127 @@ class Executor:
     def execute(self, sel: Selection, result: RuleResult) -> int:
         """Dispose what the selection covers, batch by batch; return how many were disposed.
 
-        Holds are re-read before every batch: a hold placed while the sweep runs protects
-        every record not yet disposed (the batch's re-check in the store includes it)."""
+        One statement per batch where the adapter offers it (``delete_next`` /
+        ``anonymize_next``), else the adapter's scan and a mutator per batch; either way the
+        same loop (:meth:`_loop`) re-reads holds before every batch and honours a stop."""
         sel = self._prepare(sel)
-        if sel.action in ("delete", "anonymize"):
-            done = self._fast(sel, result)
+        if sel.action in FAST_ACTIONS:
+            done = self._loop(sel, self._fast_step(sel, result))
             if done is not None:
                 return done
-        adapter = self.adapters[sel.rule.store]
-        done = 0
-        for batch in adapter.scan(sel, self.policy.batch_size):
-            current = self.refresh(sel)
-            if current is None:
-                self.stopped_by_hold = True
-                break
-            skip = set(current.exclude_subjects)
-            keys = [c.key for c in batch if c.subject is None or str(c.subject) not in skip]
-            done += self._batch(current, keys, result)
-            if self.should_stop():
-                self.stopped = True
-                break
+        return self._loop_all(sel, self._scan_step(sel, result))
+
+    def apply(self, sel: Selection, keys: Sequence[Any], result: RuleResult) -> int:
+        """Dispose exactly these keys (replay after a restore), in batches."""
+        sel = self._prepare(sel)
+        size = self.policy.batch_size
+        chunks = iter(range(0, len(keys), size))
+
+        def step(current: Selection) -> Outcome:
+            i = next(chunks, None)
+            if i is None:
+                return 0, False
+            return self._batch(current, keys[i:i + size], result), True
+
+        return self._loop_all(sel, step)
+
+    def purge(self, rule: Rule, now: datetime, result: RuleResult) -> int:
+        """Purge the rule's isolated records whose time has come (SPEC 4, audited as purge).
+        Holds do not apply: isolated records are out of processing already."""
+        sel = Selection(rule=rule, action="purge", reason="purge", tz=self.policy.tz,
+                        now=now.astimezone(self.policy.tz), clock_cutoff=None)
+        batches = iter(self.adapters[rule.store].scan_isolated(rule, now,
+                                                               self.policy.batch_size))
+
+        def step(current: Selection) -> Outcome:
+            batch = next(batches, None)
+            if batch is None:
+                return 0, False
+            return self._batch(current, [c.key for c in batch], result, count=False), True
+
+        done = self._loop_all(sel, step, holds=False)
+        result.purged += done
         return done
 
-    def _fast(self, sel: Selection, result: RuleResult) -> int | None:
-        """One statement per batch where the adapter offers it (``delete_next`` or
-        ``anonymize_next``): the intent
-        is committed to the state database after the store has picked the batch and before
-        the store commits, so a crash at any point is reconciled exactly as in the slow path.
-        None when the adapter has no fast path."""
-        rule = sel.rule
-        adapter = self.adapters[rule.store]
-        after: Any = None
+    def _loop(self, sel: Selection, step: Step, *, holds: bool = True) -> int | None:
+        """The one loop over batches. Before every batch the holds are re-read (a hold placed
+        while the sweep runs protects every record not yet disposed: the batch's re-check in
+        the store includes it; a hold over the whole selection ends it, ``stopped_by_hold``);
+        after every batch a stop request (SIGTERM, a lost lease) ends it. ``step`` disposes
+        one batch of the current selection. None when the first step says it cannot work
+        (an adapter without the fast path)."""
         done = 0
+        first = True
         while True:
-            current = self.refresh(sel)
+            current = self.refresh(sel) if holds else sel
             if current is None:
                 self.stopped_by_hold = True
                 return done
+            outcome = step(current)
+            if outcome is None:
+                return None if first else done
+            first = False
+            count, more = outcome
+            done += count
+            if not more:
+                return done
+            if self.should_stop():
+                self.stopped = True
+                return done
+
+    def _loop_all(self, sel: Selection, step: Step, *, holds: bool = True) -> int:
+        done = self._loop(sel, step, holds=holds)
+        assert done is not None, "only a fast-path step can decline"
+        return done
+
+    def _scan_step(self, sel: Selection, result: RuleResult) -> Step:
+        """A batch read by the adapter's scan, disposed by its mutator (minus the subjects put
+        on hold since the scan began)."""
+        batches = iter(self.adapters[sel.rule.store].scan(sel, self.policy.batch_size))
+
+        def step(current: Selection) -> Outcome:
+            batch = next(batches, None)
+            if batch is None:
+                return 0, False
+            skip = set(current.exclude_subjects)
+            keys = [c.key for c in batch if c.subject is None or str(c.subject) not in skip]
+            return self._batch(current, keys, result), True
+
+        return step
+
+    def _fast_step(self, sel: Selection, result: RuleResult) -> Step:
+        """One statement per batch (``delete_next`` / ``anonymize_next``): the intent is
+        committed to the state database after the store has picked the batch and before the
+        store commits, so a crash at any point is reconciled exactly as in the scan path. The
+        next batch starts after the last key *read*: a batch shortened by a concurrent writer
+        is not the end; the selection having nothing left is."""
+        rule = sel.rule
+        adapter = self.adapters[rule.store]
+        take = adapter.delete_next if sel.action == "delete" else adapter.anonymize_next
+        position: dict[str, Any] = {"after": None}
+
+        def step(current: Selection) -> Outcome | None:
             written: dict[str, Any] = {}
 
-            def intent(keys: list[Any], current: Selection = current,
-                       written: dict[str, Any] = written) -> None:
+            def intent(keys: list[Any]) -> None:
                 written["refs"] = self.refs.records(rule.store, rule.target, keys)
                 written["json"] = ledger.refs_json(written["refs"])
                 written["id"] = self._intent(current, written["refs"], written["json"])
 
             try:
-                take = (adapter.delete_next if sel.action == "delete"
-                        else adapter.anonymize_next)
-                batch = take(current, after, self.policy.batch_size, intent)
+                batch = take(current, position["after"], self.policy.batch_size, intent)
             except StoreError:
                 result.failed += len(written.get("refs", ()))
                 raise
             if batch is None:
-                return None if done == 0 and after is None else done
+                return None
             if batch.disposed:
                 self._record(current, written["id"], written["refs"], written["json"])
-                done += len(batch.disposed)
                 result.done += len(batch.disposed)
-            if batch.last_read is None:
-                return done  # the selection has nothing left: the sweep of this rule is over
-            after = batch.last_read  # not the last disposed: a short batch is not the end
-            if self.should_stop():
-                self.stopped = True
-                return done
+            position["after"] = batch.last_read
+            return len(batch.disposed), batch.last_read is not None
 
-    def apply(self, sel: Selection, keys: Sequence[Any], result: RuleResult) -> int:
-        """Dispose exactly these keys (replay after a restore), in batches."""
-        sel = self._prepare(sel)
-        done = 0
-        size = self.policy.batch_size
-        for i in range(0, len(keys), size):
-            current = self.refresh(sel)
-            if current is None:
-                self.stopped_by_hold = True
-                break
-            done += self._batch(current, keys[i:i + size], result)
-        return done
-
-    def purge(self, rule: Rule, now: datetime, result: RuleResult) -> int:
-        """Purge the rule's isolated records whose time has come (SPEC 4, audited as purge)."""
-        adapter = self.adapters[rule.store]
-        sel = Selection(rule=rule, action="purge", reason="purge", tz=self.policy.tz,
-                        now=now.astimezone(self.policy.tz), clock_cutoff=None)
-        done = 0
-        for batch in adapter.scan_isolated(rule, now, self.policy.batch_size):
-            done += self._batch(sel, [c.key for c in batch], result, count=False)
-            if self.should_stop():
-                self.stopped = True
-                break
-        result.purged += done
-        return done
+        return step
 
     def _prepare(self, sel: Selection) -> Selection:
         if sel.action == "isolate" and sel.purge_after is None:
@@ -238,7 +273,9 @@ class Executor:
                 store=rule.store, target=rule.target, action=sel.action, reason=sel.reason,
                 subject_ref=sel.subject_ref, record_refs=encoded or ledger.refs_json(refs),
                 detail=json.dumps(sel.detail)))
-            return int(res.inserted_primary_key[0])
+            inserted = res.inserted_primary_key
+            assert inserted is not None  # a single-row INSERT always reports its key
+            return int(inserted[0])
 
     def horizon(self, store: str, action: str, purge_after: datetime | None,
                 at: datetime) -> str | None:
