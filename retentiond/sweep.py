@@ -14,9 +14,9 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import Table, insert, select, update
 from sqlalchemy.exc import NoSuchTableError
 
 from retentiond import planner
@@ -40,7 +40,8 @@ from retentiond.state.lease import holder_id
 from retentiond.state.models import Pending, Run
 
 log = get_logger(__name__)
-runs_t = Run.__table__
+runs_t = cast(Table, Run.__table__)
+pending_t = cast(Table, Pending.__table__)
 
 
 @dataclass
@@ -265,7 +266,7 @@ def _rule_failed(result: RuleResult, exc: RetentiondError, tracker: RequestTrack
 
 def _reconcile(app: App, executor: Executor) -> None:
     with app.state.connect() as conn:
-        stores = set(conn.execute(select(Pending.__table__.c.store).distinct()).scalars())
+        stores = set(conn.execute(select(pending_t.c.store).distinct()).scalars())
     for name in stores:
         if name in app.policy.stores:
             try:
@@ -291,10 +292,7 @@ def _record_policy_change(app: App, run_id: str) -> None:
 def _finish(app: App, report: SweepReport) -> None:
     failure: RetentiondError | None = None
     if not report.dry_run:
-        signing = None
-        if app.policy.signing_key is not None:
-            signing = checkpoint.load_signing_key(app.policy.signing_key.get_secret_value())
-        cp = checkpoint.write(app.state, report.run_id, signing)
+        cp = checkpoint.write(app.state, report.run_id, app.policy.signing_private_key)
         log.info("checkpoint", run_id=report.run_id, seq=cp["seq"], hash=cp["hash"],
                  at=cp["at"], signature=cp["signature"])
         try:

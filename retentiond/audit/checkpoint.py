@@ -15,37 +15,26 @@ import os
 import stat
 from collections.abc import Collection
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import (
     Encoding,
     PublicFormat,
-    load_pem_private_key,
     load_pem_public_key,
 )
-from sqlalchemy import insert, select
+from sqlalchemy import Table, insert, select
 from sqlalchemy.engine import Engine
 
 from retentiond.audit.ledger import head, now_text
-from retentiond.errors import PolicyError, RetentiondError, UsageError
+from retentiond.errors import RetentiondError, UsageError
 from retentiond.state.models import Checkpoint
 
 if TYPE_CHECKING:
     from retentiond.policy.model import CheckpointsFile
 
-checkpoint_t = Checkpoint.__table__
-
-
-def load_signing_key(pem: bytes) -> Ed25519PrivateKey:
-    try:
-        key = load_pem_private_key(pem, password=None)
-    except (ValueError, TypeError):
-        raise PolicyError([("signing_key", "not a PEM private key")]) from None
-    if not isinstance(key, Ed25519PrivateKey):
-        raise PolicyError([("signing_key", "must be an Ed25519 private key (PEM)")])
-    return key
+checkpoint_t = cast(Table, Checkpoint.__table__)
 
 
 def load_public_key(pem: bytes, where: str) -> Ed25519PublicKey:

@@ -19,16 +19,16 @@ import json
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Connection, func, insert, select, update
+from sqlalchemy import Connection, Table, func, insert, select, update
 from sqlalchemy.engine import Engine
 
 from retentiond.state.models import LedgerEntry, LedgerHead
 
 GENESIS = "0" * 64
-ledger_t = LedgerEntry.__table__
-head_t = LedgerHead.__table__
+ledger_t = cast(Table, LedgerEntry.__table__)
+head_t = cast(Table, LedgerHead.__table__)
 
 
 def now_text(at: datetime | None = None) -> str:
@@ -38,10 +38,10 @@ def now_text(at: datetime | None = None) -> str:
 def _one_shot() -> Callable[[bytes, bytes], bytes]:
     """OpenSSL's one-shot HMAC when present (what hmac.digest calls, minus its Python layer)."""
     try:
-        from _hashlib import hmac_digest  # type: ignore[import-not-found]
+        from _hashlib import hmac_digest
     except ImportError:  # pragma: no cover - CPython without OpenSSL
         return lambda key, msg: hmac.digest(key, msg, "sha256")
-    return lambda key, msg: hmac_digest(key, msg, "sha256")  # type: ignore[no-any-return]
+    return lambda key, msg: hmac_digest(key, msg, "sha256")
 
 
 hmac_sha256 = _one_shot()

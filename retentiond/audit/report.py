@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
-from pydantic import SecretBytes
 from sqlalchemy import MetaData, Table, inspect, select
 from sqlalchemy.engine import Engine
 
@@ -131,10 +130,9 @@ def header(app: App, since: str | None, until: str | None) -> str:
 
 def verification(app: App) -> tuple[bool, str]:
     trusted: list[str] = []
-    secret = app.policy.signing_key  # resolved to SecretBytes when the policy is loaded
-    if isinstance(secret, SecretBytes):
-        trusted.append(checkpoint.public_hex(
-            checkpoint.load_signing_key(secret.get_secret_value())))
+    key = app.policy.signing_private_key
+    if key is not None:
+        trusted.append(checkpoint.public_hex(key))
     try:
         result = verify(app.state, trusted=trusted)
     except AuditError as exc:

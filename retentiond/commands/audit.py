@@ -9,9 +9,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TextIO
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from pydantic import SecretBytes
-
 from retentiond import output
 from retentiond.app import App
 from retentiond.audit import checkpoint, export
@@ -47,15 +44,8 @@ def _trusted_keys(app: App, files: Sequence[str]) -> tuple[list[str], str | None
         return [checkpoint.public_hex(checkpoint.load_public_key(
             _read_bytes(path, "--public-key"), f"--public-key {path}")) for path in files], \
             "public-key-file"
-    key = _signing_key(app)
+    key = app.policy.signing_private_key
     return ([checkpoint.public_hex(key)], "signing-key") if key is not None else ([], None)
-
-
-def _signing_key(app: App) -> Ed25519PrivateKey | None:
-    secret = app.policy.signing_key  # resolved to SecretBytes when the policy is loaded
-    if isinstance(secret, SecretBytes):
-        return checkpoint.load_signing_key(secret.get_secret_value())
-    return None
 
 
 def _notes(result: Verified, source: str | None, checkpoint_file: str | None) -> list[str]:
@@ -119,7 +109,7 @@ def _as_checkpoint(path: str, doc: Any) -> dict[str, Any]:
 
 
 def public_key_cmd(app: App) -> int:
-    key = _signing_key(app)
+    key = app.policy.signing_private_key
     if key is None:
         raise UsageError(f"{app.config_path}: no signing_key is set, so checkpoints are not "
                          "signed and there is no public key; set signing_key (an Ed25519 "

@@ -11,9 +11,9 @@ import json
 import os
 import uuid
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import insert, update
+from sqlalchemy import Table, insert, update
 
 from retentiond import output
 from retentiond.adapters.base import Selection
@@ -29,6 +29,7 @@ from retentiond.timeutil import parse_instant
 
 log = get_logger(__name__)
 REPLAYED_KINDS = ("dispose", "purge", "replay")
+runs_t = cast(Table, Run.__table__)
 
 
 def restored(app: App, store: str, taken_at: str) -> int:
@@ -46,12 +47,12 @@ def restored(app: App, store: str, taken_at: str) -> int:
         run_id = uuid.uuid4().hex
         _start_run(app, run_id, since, held.holder)
         executor = Executor(policy, app.state, {store: adapter}, run_id)
-        results = [_replay(app, executor, rule_id, action, refs, since)
-                   for (rule_id, action), refs in sorted(groups.items())]
-    results = [r for r in results if r is not None]
-    signing = (checkpoint.load_signing_key(policy.signing_key.get_secret_value())
-               if policy.signing_key is not None else None)
-    checkpoint.append_to_file(policy.checkpoints, checkpoint.write(app.state, run_id, signing))
+        replayed = [_replay(app, executor, rule_id=rule_id, action=action, refs=refs,
+                            since=since)
+                    for (rule_id, action), refs in sorted(groups.items())]
+    results = [r for r in replayed if r is not None]
+    checkpoint.append_to_file(policy.checkpoints,
+                              checkpoint.write(app.state, run_id, policy.signing_private_key))
     doc = {"run_id": run_id, "store": store, "taken_at": since.isoformat(),
            "reapplied": [{"rule": r.rule, "action": r.action, "count": r.done, "held": r.held}
                          for r in results],
@@ -76,7 +77,7 @@ def _disposals_since(app: App, store: str, since: str) -> dict[tuple[str, str], 
     return groups
 
 
-def _replay(app: App, executor: Executor, rule_id: str, action: str, refs: set[str],
+def _replay(app: App, executor: Executor, *, rule_id: str, action: str, refs: set[str],
             since: datetime) -> RuleResult | None:
     try:
         rule = app.policy.rule(rule_id)
@@ -102,13 +103,12 @@ def _replay(app: App, executor: Executor, rule_id: str, action: str, refs: set[s
 
 def _start_run(app: App, run_id: str, since: datetime, holder: str) -> None:
     with app.state.begin() as conn:
-        conn.execute(insert(Run.__table__).values(
+        conn.execute(insert(runs_t).values(
             id=run_id, started_at=datetime.now(UTC), as_of=since, dry_run=False,
             status="running", policy_digest=app.policy.digest, holder=holder))
 
 
 def _finish_run(app: App, run_id: str, doc: dict[str, Any]) -> None:
-    runs = Run.__table__
     with app.state.begin() as conn:
-        conn.execute(update(runs).where(runs.c.id == run_id).values(
+        conn.execute(update(runs_t).where(runs_t.c.id == run_id).values(
             finished_at=datetime.now(UTC), status="ok", summary=json.dumps(doc)))

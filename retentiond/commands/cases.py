@@ -13,7 +13,7 @@ from retentiond.timeutil import add, parse_duration
 
 
 def _refs(app: App) -> Refs:
-    return Refs(app.policy.secret_key.get_secret_value())
+    return Refs(app.policy.secret_bytes)
 
 
 def request_erase(app: App, subject: str, kind: str, ref: str | None, due: str | None) -> int:

@@ -9,9 +9,9 @@ from __future__ import annotations
 import json
 import uuid
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import Table, insert, select, update
 from sqlalchemy.engine import Connection, Engine
 
 from retentiond.audit import ledger
@@ -19,8 +19,8 @@ from retentiond.errors import UsageError
 from retentiond.planner import ActiveHolds, OpenRequest
 from retentiond.state.models import Hold, Request
 
-requests_t = Request.__table__
-holds_t = Hold.__table__
+requests_t = cast(Table, Request.__table__)
+holds_t = cast(Table, Hold.__table__)
 
 
 def new_id() -> str:
