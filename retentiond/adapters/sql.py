@@ -28,6 +28,7 @@ from sqlalchemy.exc import DBAPIError, NoSuchTableError, OperationalError
 from retentiond.adapters.base import Adapter, Candidate, NextBatch, Problem, Selection
 from retentiond.adapters.sql_actions import SqlActions, isolated_name
 from retentiond.adapters.sqlexpr import (
+    Clause,
     as_instant,
     bound,
     coerce,
@@ -187,7 +188,9 @@ class SqlAdapter(SqlActions, Adapter):
         if pk == [key]:
             return []
         insp = sa.inspect(self.engine)
-        uniques = [u["column_names"] for u in insp.get_unique_constraints(table.name, table.schema)]
+        # An expression index names no column: its entry in column_names is None.
+        uniques: list[Sequence[str | None]] = [
+            u["column_names"] for u in insp.get_unique_constraints(table.name, table.schema)]
         uniques += [i["column_names"] for i in insp.get_indexes(table.name, table.schema)
                     if i.get("unique")]
         if [key] in uniques:
@@ -211,7 +214,7 @@ class SqlAdapter(SqlActions, Adapter):
     # -- selection to SQL ---------------------------------------------------------------------
     def predicate(self, sel: Selection, table: sa.Table) -> sa.ColumnElement[bool]:
         rule = sel.rule
-        parts: list[sa.ColumnElement[bool]] = []
+        parts: list[Clause] = []
         if sel.action == "anonymize" and rule.anonymize:
             parts.append(table.c[rule.anonymize.marker].is_(None))
         if rule.subject:
@@ -228,10 +231,11 @@ class SqlAdapter(SqlActions, Adapter):
             parts.append(sa.case((self.predicate(other, table), 1), else_=0) == 0)
         return sa.and_(sa.true(), *parts)
 
-    def _match_only(self, rule: Rule, table: sa.Table, now: datetime) -> list[Any]:
+    def _match_only(self, rule: Rule, table: sa.Table, now: datetime) -> list[Clause]:
         from retentiond.planner import resolve_filters
 
-        parts = [filter_expr(table.c[f.column], f) for f in resolve_filters(rule, now)]
+        parts: list[Clause] = [filter_expr(table.c[f.column], f)
+                               for f in resolve_filters(rule, now)]
         if rule.where:
             parts.append(where_text(rule.where))
         return parts
@@ -386,7 +390,7 @@ def _clock_parts(clock: sa.Column[Any], sel: Selection) -> list[sa.ColumnElement
 
 
 def _subject_parts(subject: sa.Column[Any], sel: Selection) -> list[sa.ColumnElement[bool]]:
-    parts = []
+    parts: list[sa.ColumnElement[bool]] = []
     if sel.subjects is not None and not sel.unconditional:
         parts.append(subject.in_(coerce(subject, sel.subjects)))
     held = coerce(subject, sel.exclude_subjects) if sel.exclude_subjects else []

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -65,7 +65,8 @@ class SqlActions:
         assert rule.anonymize is not None
         table = self.table(rule)
         key = table.c[str(rule.key)]
-        where = sa.and_(keys_in(self.engine.dialect.name, key, keys), self.predicate(selection, table))
+        where = sa.and_(keys_in(self.engine.dialect.name, key, keys),
+                        self.predicate(selection, table))
         marker = table.c[rule.anonymize.marker]
         fixed = {marker.name: bound(marker, selection.now)}
         fixed |= self._sql_values(rule, table)
@@ -106,7 +107,7 @@ class SqlActions:
                              self.pick(selection, table, after, limit), intent)
 
     def _secret(self) -> bytes:
-        return self.policy.secret_key.get_secret_value()
+        return self.policy.secret_bytes
 
     def _sql_values(self, rule: Rule, table: sa.Table) -> dict[str, Any]:
         assert rule.anonymize is not None
@@ -129,7 +130,8 @@ class SqlActions:
         table = self.table(rule)
         iso = self.isolated_table(rule, create=True)
         key = table.c[str(rule.key)]
-        where = sa.and_(keys_in(self.engine.dialect.name, key, keys), self.predicate(selection, table))
+        where = sa.and_(keys_in(self.engine.dialect.name, key, keys),
+                        self.predicate(selection, table))
         now = datetime.now(UTC).replace(tzinfo=None)
         purge_after = (selection.purge_after or datetime.now(UTC)).astimezone(UTC).replace(
             tzinfo=None)
@@ -140,12 +142,21 @@ class SqlActions:
             _take_write_lock(conn, table, key)
             locked = list(conn.execute(sa.select(key).where(where).with_for_update()).scalars())
             if locked:
+                taken = keys_in(conn.dialect.name, key, locked)
                 conn.execute(sa.insert(iso).from_select([*columns, *EXTRA_COLUMNS],
-                                                        copy.where(keys_in(conn.dialect.name, key, locked))))
-                conn.execute(sa.delete(table).where(keys_in(conn.dialect.name, key, locked)))
+                                                        copy.where(taken)))
+                conn.execute(sa.delete(table).where(taken))
             return locked
 
+    @overload
+    def isolated_table(self, rule: Rule, *, create: Literal[True]) -> sa.Table: ...
+
+    @overload
+    def isolated_table(self, rule: Rule, *, create: bool = False) -> sa.Table | None: ...
+
     def isolated_table(self, rule: Rule, *, create: bool = False) -> sa.Table | None:
+        """The table isolated records of ``rule`` are moved to; None when it does not exist,
+        unless ``create``."""
         name = isolated_name(rule)
         if name in self._iso_tables:
             return self._iso_tables[name]
@@ -271,8 +282,10 @@ class SqlActions:
 
     def _column_infos(self, table: sa.Table) -> dict[str, anon.ColumnInfo]:
         insp = sa.inspect(self.engine)
-        unique = {tuple(u["column_names"]) for u in insp.get_unique_constraints(
-            table.name, table.schema)}
+        # An expression index names no column: its entry in column_names is None.
+        unique: set[tuple[str | None, ...]] = {tuple(u["column_names"]) for u in
+                                               insp.get_unique_constraints(table.name,
+                                                                           table.schema)}
         unique |= {tuple(i["column_names"]) for i in insp.get_indexes(table.name, table.schema)
                    if i.get("unique")}
         pk = {c.name for c in table.primary_key.columns}

@@ -27,7 +27,7 @@ def keys_in(dialect: str, key: sa.Column[Any], keys: Sequence[Any]) -> sa.Column
 def delete_returning(conn: Connection, table: sa.Table, key: sa.Column[Any],
                      where: sa.ColumnElement[bool]) -> list[Any]:
     if conn.dialect.delete_returning:
-        return conn.execute(sa.delete(table).where(where).returning(key)).scalars().all()
+        return list(conn.execute(sa.delete(table).where(where).returning(key)).scalars())
     locked = conn.execute(sa.select(key).where(where).with_for_update()).scalars().all()
     if locked:
         conn.execute(sa.delete(table).where(keys_in(conn.dialect.name, key, locked)))
@@ -68,6 +68,10 @@ def take_next(conn: Connection, dml: Any, key: sa.Column[Any], pick: sa.Select[A
 def is_disconnect(exc: OperationalError) -> bool:
     code = getattr(exc.orig, "args", [None])[0]
     return code in (2003, 2006, 2013) or "connection" in type(exc.orig).__name__.lower()
+
+
+# A condition of a WHERE clause: an expression, or a rule's own `where:` text.
+Clause = sa.ColumnElement[bool] | sa.TextClause
 
 
 def where_text(where: str) -> sa.TextClause:
