@@ -37,6 +37,7 @@ lint: $(STAMP)
 types: $(STAMP)
 	$(VENV)/bin/mypy
 
+# What .ci/run runs, in this order (it also starts the databases the tests need).
 check: lint types test
 
 bench: $(STAMP)
