@@ -52,7 +52,8 @@ def _plain_value(_: click.Context, param: click.Parameter, value: str | None) ->
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--config", "config", metavar="PATH", envvar="RETENTIOND_CONFIG",
-              help="Policy file (default $RETENTIOND_CONFIG, then /etc/retentiond/retentiond.yaml).")
+              help="Policy file (default $RETENTIOND_CONFIG, "
+                   "then /etc/retentiond/retentiond.yaml).")
 @click.option("--json", "json_out", is_flag=True, help="Print one JSON document on stdout.")
 @click.option("--debug", is_flag=True, help="Debug logs and tracebacks.")
 @click.version_option(__version__, prog_name="retentiond")
@@ -231,8 +232,8 @@ def request_group() -> None:
 @click.option("--due", metavar="DURATION", help="Deadline from now (default requests.erasure_due).")
 @json_option
 @click.pass_context
-def request_erase(ctx: click.Context, subject: str, kind: str, ref: str | None, due: str | None,
-                  json_flag: bool) -> None:
+def request_erase(ctx: click.Context, *, subject: str, kind: str, ref: str | None,
+                  due: str | None, json_flag: bool) -> None:
     """Record an erasure request for SUBJECT; prints the request id."""
     from retentiond.commands import cases
 
@@ -265,12 +266,13 @@ def hold_group() -> None:
 @click.option("--ref", help="An external reference (case number).")
 @json_option
 @click.pass_context
-def hold_add(ctx: click.Context, subject: str | None, kind: str, rule: str | None,
+def hold_add(ctx: click.Context, *, subject: str | None, kind: str, rule: str | None,
              store: str | None, reason: str, ref: str | None, json_flag: bool) -> None:
     """Place a legal hold; prints the hold id."""
     from retentiond.commands import cases
 
-    ctx.exit(cases.hold_add(_app(ctx, json_flag), subject, kind, rule, store, reason, ref))
+    ctx.exit(cases.hold_add(_app(ctx, json_flag), subject=subject, kind=kind, rule=rule,
+                            store=store, reason=reason, ref=ref))
 
 
 @hold_group.command("release")
@@ -391,7 +393,7 @@ def main(argv: list[str] | None = None) -> None:
             click.echo(f"error: {text}", err=True)
         _policy_json(exc, argv if argv is not None else sys.argv[1:])
         sys.exit(exc.exit_code)
-    except Exception as exc:  # noqa: BLE001 - last resort: one line, traceback with --debug
+    except Exception as exc:  # last resort: one line, traceback with --debug
         _database_error(exc, debug)
         if debug:
             traceback.print_exc()

@@ -62,7 +62,7 @@ def _outcome(outcome: dict[str, dict[str, object]]) -> str:
     return "; ".join(parts)
 
 
-def hold_add(app: App, subject: str | None, kind: str, rule: str | None, store: str | None,
+def hold_add(app: App, *, subject: str | None, kind: str, rule: str | None, store: str | None,
              reason: str, ref: str | None) -> int:
     scopes = [s for s in (subject, rule, store) if s is not None]
     if len(scopes) != 1:

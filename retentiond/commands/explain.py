@@ -33,7 +33,7 @@ def explain(app: App, rule_id: str, key: str) -> int:
     sit = planner.Situation(datetime.now(UTC), policy.tz, policy.rules, read_holds(state),
                             tuple(open_requests(state)))
     verdicts = [planner.decide(r, facts, sit) for r in rules]
-    doc = _document(app, rule, key, facts, sit, verdicts)
+    doc = _document(app, rule, key, facts=facts, sit=sit, verdicts=verdicts)
     if app.json:
         output.emit_json(doc)
     else:
@@ -46,7 +46,7 @@ def _winner(verdicts: list[planner.Verdict]) -> planner.Verdict | None:
     return min(ranked, key=lambda v: _RANK[v.outcome]) if ranked else None
 
 
-def _document(app: App, rule: Any, key: str, facts: planner.Facts, sit: planner.Situation,
+def _document(app: App, rule: Any, key: str, *, facts: planner.Facts, sit: planner.Situation,
               verdicts: list[planner.Verdict]) -> dict[str, Any]:
     refs = Refs(app.policy.secret_bytes)
     subject_ref = (refs.subject(rule.subject_kind, facts.subject)
