@@ -49,12 +49,15 @@ def ts(value: datetime) -> str:
 def build(path: Path, *, users: int, seed: int, now: datetime) -> dict[str, int]:
     fake = Faker("en_US")
     Faker.seed(seed)
-    rnd = random.Random(seed)
+    rnd = random.Random(seed)  # noqa: S311 - seeded on purpose: the demo data is reproducible
     if path.exists():
         path.unlink()
     db = sqlite3.connect(path)
     db.executescript(SCHEMA)
-    days = lambda lo, hi: timedelta(days=rnd.randint(lo, hi))  # noqa: E731
+
+    def days(lo: int, hi: int) -> timedelta:
+        return timedelta(days=rnd.randint(lo, hi))
+
     rows: dict[str, list[tuple[object, ...]]] = {t: [] for t in
                                                 ("users", "messages", "invitations", "cards",
                                                  "invoices")}
@@ -87,7 +90,7 @@ def build(path: Path, *, users: int, seed: int, now: datetime) -> dict[str, int]
     for table, data in rows.items():
         if data:
             marks = ",".join("?" * len(data[0]))
-            db.executemany(f"insert into {table} values ({marks})", data)  # noqa: S608
+            db.executemany(f"insert into {table} values ({marks})", data)
     db.commit()
     db.close()
     return {t: len(v) for t, v in rows.items()}

@@ -19,14 +19,15 @@ def _import_structlog() -> Any:
     console renderer, which is only built on a terminal, still uses it."""
     missing = object()
     saved = sys.modules.get("rich", missing)
-    sys.modules["rich"] = None  # type: ignore[assignment]
+    # None in sys.modules blocks an import (importlib); typeshed types the values as modules.
+    sys.modules["rich"] = None  # type: ignore[assignment]  # None blocks the import
     try:
         import structlog as module
     finally:
         if saved is missing:
             del sys.modules["rich"]
         else:
-            sys.modules["rich"] = saved  # type: ignore[assignment]
+            sys.modules["rich"] = saved  # type: ignore[assignment]  # a module, or None
     return module
 
 

