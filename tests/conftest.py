@@ -29,7 +29,8 @@ BACKENDS = ("sqlite", "postgresql", "mariadb")
 
 
 def _unavailable(what: str, exc: Exception) -> None:
-    msg = f"{what} is unreachable: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    first = str(exc).splitlines()[0] if str(exc) else ""
+    msg = f"{what} is unreachable: {type(exc).__name__}: {first}"
     if IN_CI:
         pytest.fail(f"CI requires {msg}", pytrace=False)
     pytest.skip(msg)
@@ -50,7 +51,7 @@ def _new_pg() -> Iterator[Database]:
         admin = sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
         with admin.connect() as c:
             c.execute(sa.text(f'create database "{name}"'))
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         _unavailable("PostgreSQL", exc)
     url = PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
     try:
@@ -67,7 +68,7 @@ def _new_my() -> Iterator[Database]:
         admin = sa.create_engine(MY_ADMIN)
         with admin.begin() as c:
             c.execute(sa.text(f"create database `{name}`"))
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         _unavailable("MariaDB", exc)
     url = MY_ADMIN.rsplit("/", 1)[0] + f"/{name}"
     try:
@@ -170,30 +171,68 @@ class Workspace:
         return Result(proc.returncode, proc.stdout, proc.stderr)
 
 
+# What one in-process call may change and the next must not inherit: the environment variables
+# retentiond reads, the logging that log.setup() installs, adapters registered at run time.
+_ENV_PREFIXES = ("RETENTIOND_", "CREDENTIALS_DIRECTORY")
+
+
+def _universal_newlines(text: str) -> str:
+    """What ``subprocess.run(text=True)`` hands back: \\r\\n and \\r read as \\n."""
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
 def invoke_cli(argv: list[str], env: dict[str, str] | None = None) -> Result:
-    """Run ``retentiond.cli.main(argv)`` in-process, capturing stdout/stderr and exit code."""
+    """``retentiond.cli.main(argv)`` in this process, as a subprocess would run it: a fresh App,
+    stdout and stderr captured as text with universal newlines, the exit status the shell would
+    see, ``$RETENTIOND_CONFIG`` unset and ``env`` added. Everything the call changes in the
+    process (environment, root logger, structlog, library loggers' levels, registered adapters)
+    is put back afterwards, so calls do not leak into each other or into pytest."""
     import contextlib
     import io
+    import logging
 
+    import structlog
+
+    from retentiond import log as logsetup
+    from retentiond.adapters import registry
     from retentiond.cli import main
 
-    out, err = io.StringIO(), io.StringIO()
-    saved = {k: os.environ.get(k) for k in (env or {})}
+    saved_env = {k: v for k, v in os.environ.items() if k.startswith(_ENV_PREFIXES)}
+    root = logging.getLogger()
+    saved_root = (root.handlers[:], root.level)
+    named = ("alembic", "apscheduler", "faker", *logsetup.VALUE_LOGGERS)
+    saved_levels = {n: logging.getLogger(n).level for n in named}
+    saved_structlog = structlog.get_config()
+    saved_adapters = dict(registry._registered)
+
+    os.environ.pop("RETENTIOND_CONFIG", None)
     os.environ.update(env or {})
+    out, err = io.StringIO(), io.StringIO()
     code = 0
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             try:
                 main(argv)
             except SystemExit as exc:
-                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+                if exc.code is None or isinstance(exc.code, int):
+                    code = exc.code or 0
+                else:  # the interpreter prints a non-integer status and exits 1
+                    print(exc.code, file=sys.stderr)
+                    code = 1
     finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-    return Result(code, out.getvalue(), err.getvalue())
+        for k in [k for k in os.environ if k.startswith(_ENV_PREFIXES)]:
+            del os.environ[k]
+        for k in (env or {}):
+            os.environ.pop(k, None)
+        os.environ.update(saved_env)
+        root.handlers[:], level = saved_root
+        root.setLevel(level)
+        for n, lvl in saved_levels.items():
+            logging.getLogger(n).setLevel(lvl)
+        structlog.configure(**saved_structlog)
+        registry._registered.clear()
+        registry._registered.update(saved_adapters)
+    return Result(code, _universal_newlines(out.getvalue()), _universal_newlines(err.getvalue()))
 
 
 @pytest.fixture
