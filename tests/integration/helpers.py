@@ -10,10 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import os
 import sqlite3
-import subprocess
-import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -121,14 +118,6 @@ def ledger(state_db: Path, kind: str | None = None) -> list[dict[str, Any]]:
 def log_free_lines(text: str) -> list[str]:
     """Output lines that are not structlog JSON lines."""
     return [line for line in text.splitlines() if line.strip() and not line.startswith("{")]
-
-
-def run_cli(config: Path, *args: str, timeout: float = 120) -> tuple[int, str, str]:
-    """The CLI in a subprocess, for fixtures that outlive one test's workspace."""
-    env = {k: v for k, v in os.environ.items() if k != "RETENTIOND_CONFIG"}
-    proc = subprocess.run([sys.executable, "-m", "retentiond", "--config", str(config), *args],
-                          capture_output=True, text=True, env=env, timeout=timeout, check=False)
-    return proc.returncode, proc.stdout, proc.stderr
 
 
 def copy_sqlite(source: Path, target: Path) -> None:

@@ -256,7 +256,7 @@ def stores(store_db: Any, ws: Any, tmp_path: Path) -> Iterator[Stores]:
 
 def test_every_strategy_writes_its_exact_value(stores: Stores, ws: Any) -> None:
     key = key_of(ws.secret)
-    run = ws.cli("run", "--json")
+    run = ws.invoke("run", "--json")
     assert run.code == 0, run.err
     doc = run.json()
     assert doc["rules"] == [rule_json("closed-people", "app", 5),
@@ -315,7 +315,7 @@ def test_every_strategy_writes_its_exact_value(stores: Stores, ws: Any) -> None:
                                      for i in (1, 2, 3, 4, 5)}
 
     # A second run anonymises nothing more and leaves every row, marker included, as it was.
-    again = ws.cli("run", "--json")
+    again = ws.invoke("run", "--json")
     assert again.code == 0, again.err
     assert again.json()["rules"] == [rule_json("closed-people", "app", 0),
                                      rule_json("twin-people", "twin", 0)]
@@ -334,7 +334,7 @@ def test_every_strategy_writes_its_exact_value(stores: Stores, ws: Any) -> None:
                       login="maria.s", token="tok-maria-01")
     with stores.main.begin() as conn:
         conn.execute(people_table(sa.MetaData()).insert(), [newcomer])
-    third = ws.cli("run", "--json")
+    third = ws.invoke("run", "--json")
     assert third.code == 0, third.err
     assert [r["done"] for r in third.json()["rules"]] == [1, 0]
     latest = read(stores.main)
@@ -383,7 +383,7 @@ def round_run(store_db: Any, ws: Any, values: dict[str, list[Any]]) -> dict[str,
         "clock": "closed_at", "dispose_after": "1y", "action": "anonymize",
         "anonymize": {"marker": "anonymized_at",
                       "columns": {c: ROUND_STRATEGIES[c] for c in values}}}])
-    run = ws.cli("run", "--json")
+    run = ws.invoke("run", "--json")
     assert run.code == 0, run.err
     assert run.json()["totals"]["done"] == size
     with engine.connect() as conn:

@@ -120,7 +120,7 @@ def test_each_refusal_is_one_error_line(store_db: Any, ws: Any) -> None:
     accounts_table(sa.MetaData()).metadata.create_all(engine)
     engine.dispose()
     ws.policy({"app": {"adapter": "sql", "url": store_db.url}}, [r for r, _ in CASES])
-    result = ws.cli("config", "validate")
+    result = ws.invoke("config", "validate")
     assert result.code == 2, result.out + result.err
     assert "Traceback" not in result.err
     expected = [f"error: rules[{i}] ({r['id']}).{line}" for i, (r, lines) in enumerate(CASES)
@@ -139,14 +139,14 @@ def test_secret_key_too_short_or_readable_by_others(store_db_sp: Any, ws: Any) -
 
     ws.secret.write_bytes(b"k" * 31 + b"\n")  # the trailing newline does not count
     os.chmod(ws.secret, 0o600)
-    short = ws.cli("config", "validate")
+    short = ws.invoke("config", "validate")
     assert short.code == 2, short.err
     assert log_free_lines(short.err) == [
         "error: secret_key: secret_key is 31 bytes; it must be at least 32 bytes"]
 
     ws.secret.write_bytes(b"k" * 32 + b"\n")
     os.chmod(ws.secret, 0o644)
-    readable = ws.cli("config", "validate")
+    readable = ws.invoke("config", "validate")
     assert readable.code == 2, readable.err
     assert log_free_lines(readable.err) == [
         f"error: secret_key: key file {ws.secret} is readable by group or others; "
@@ -154,7 +154,7 @@ def test_secret_key_too_short_or_readable_by_others(store_db_sp: Any, ws: Any) -
 
     # 32 bytes, mode 0600: the policy (every strategy where it fits) validates.
     os.chmod(ws.secret, 0o600)
-    fixed = ws.cli("config", "validate", "--json")
+    fixed = ws.invoke("config", "validate", "--json")
     assert fixed.code == 0, fixed.err
     assert fixed.json() == {"ok": True, "config": str(ws.config), "rules": 1, "stores": 1,
                             "warnings": []}

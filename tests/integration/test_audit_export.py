@@ -95,7 +95,7 @@ def setup(request: pytest.FixtureRequest, ws: Any, sqlite_db: Any) -> Setup:
         state_sqlite = None
     ws.policy({"app": {"adapter": "sql", "url": sqlite_db.url, "backups": {"retention": "35d"}}},
               rules(), **top)
-    res = ws.cli("--json", "run")
+    res = ws.invoke("--json", "run")
     assert res.code == 0, res.err
     doc = res.json()
     assert doc["totals"]["done"] == 3
@@ -103,7 +103,7 @@ def setup(request: pytest.FixtureRequest, ws: Any, sqlite_db: Any) -> Setup:
 
 
 def export(s: Setup, fmt: str, *args: str) -> str:
-    res = s.ws.cli("audit", "export", "--format", fmt, *args)
+    res = s.ws.invoke("audit", "export", "--format", fmt, *args)
     assert res.code == 0, res.err
     return str(res.out)
 
@@ -136,7 +136,7 @@ def test_json_export_has_every_entry_with_exact_fields(setup: Setup) -> None:
     for e in doc:
         assert e["hash"] == canonical_hash(prev, e)
         prev = e["hash"]
-    assert setup.ws.cli("--json", "audit", "verify").json()["head"] == prev
+    assert setup.ws.invoke("--json", "audit", "verify").json()["head"] == prev
 
 
 def test_csv_export_has_one_row_per_record_reference(setup: Setup) -> None:
@@ -153,7 +153,7 @@ def test_csv_export_has_one_row_per_record_reference(setup: Setup) -> None:
 
 def second_sweep(s: Setup) -> list[dict[str, Any]]:
     insert(s.store, LATER, 45)
-    res = s.ws.cli("--json", "run")
+    res = s.ws.invoke("--json", "run")
     assert res.code == 0, res.err
     assert res.json()["totals"]["done"] == 2
     return entries(s)
@@ -182,7 +182,7 @@ def test_since_and_until_bound_the_entry_time(setup: Setup) -> None:
 def test_output_file_receives_the_export(setup: Setup, tmp_path: Path) -> None:
     for fmt in ("json", "csv", "html"):
         target = tmp_path / f"audit.{fmt}"
-        res = setup.ws.cli("audit", "export", "--format", fmt, "-o", str(target))
+        res = setup.ws.invoke("audit", "export", "--format", fmt, "-o", str(target))
         assert res.code == 0, res.err
         assert res.out == ""
         assert f"wrote {fmt} audit export to {target}" in res.err
@@ -197,14 +197,14 @@ def test_output_file_receives_the_export(setup: Setup, tmp_path: Path) -> None:
 
 
 def test_html_report_for_the_dpo(setup: Setup) -> None:
-    hold = setup.ws.cli("hold", "add", "--rule", "people-erasure", "--reason",
+    hold = setup.ws.invoke("hold", "add", "--rule", "people-erasure", "--reason",
                         "Vornhagel litigation case 4471")
     assert hold.code == 0, hold.err
-    req = setup.ws.cli("request", "erase", ERASE_SUBJECT)
+    req = setup.ws.invoke("request", "erase", ERASE_SUBJECT)
     assert req.code == 0, req.err
     page = export(setup, "html")
     doc = entries(setup)
-    head = setup.ws.cli("--json", "audit", "verify").json()["head"]
+    head = setup.ws.invoke("--json", "audit", "verify").json()["head"]
     for rule in rules():
         assert f"<code>{rule['id']}</code>" in page
         assert html.escape(rule["source"]) in page
@@ -242,7 +242,7 @@ def disposed_values() -> list[str]:
 
 
 def test_no_export_contains_a_disposed_value(setup: Setup) -> None:
-    assert setup.ws.cli("request", "erase", ERASE_SUBJECT).code == 0
+    assert setup.ws.invoke("request", "erase", ERASE_SUBJECT).code == 0
     for fmt in ("json", "csv", "html"):
         text = export(setup, fmt)
         assert len(text) > 500
@@ -264,7 +264,7 @@ def test_html_report_shows_a_tampered_ledger(setup: Setup) -> None:
             conn.execute(sa.text("update ledger set record_refs = :r where seq = 2"),
                          {"r": forged})
         engine.dispose()
-    assert setup.ws.cli("audit", "verify").code == 4
+    assert setup.ws.invoke("audit", "verify").code == 4
     page = export(setup, "html")
     assert "Audit trail verification FAILED" in page
     assert "ledger entry 2 does not match its hash" in page

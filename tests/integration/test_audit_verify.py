@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 import yaml
+from conftest import invoke_cli
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from helpers import (
@@ -32,7 +33,6 @@ from helpers import (
     ledger,
     now_seconds,
     record_ref,
-    run_cli,
     state_exec,
     state_rows,
     users_table,
@@ -85,9 +85,9 @@ def _build(root: Path, signing: bool) -> Path:
     engine.dispose()
     config = root / "retentiond.yaml"
     config.write_text(yaml.safe_dump(_policy(root, signing), sort_keys=False))
-    code, out, err = run_cli(config, "run", "--json")
-    assert code == 0, err
-    assert json.loads(out)["totals"]["done"] == 10
+    result = invoke_cli(["--config", str(config), "run", "--json"])
+    assert result.code == 0, result.err
+    assert result.json()["totals"]["done"] == 10
     return root
 
 
@@ -135,7 +135,7 @@ def _rehash_from(state: Path, seq: int) -> str:
 
 
 def _verify_fails(ws: Any, entry: int, *args: str) -> str:
-    result = ws.cli("audit", "verify", *args)
+    result = ws.invoke("audit", "verify", *args)
     assert result.code == 4, (result.out, result.err)
     assert "audit trail verified" not in result.out
     lines = error_lines(result.err)
@@ -160,7 +160,7 @@ def test_sweep_trail_verifies(unsigned: Path, ws: Any) -> None:
         record_ref(ws.secret, "app", "users", i) for i in range(1, 11))
     (head,) = state_rows(state, "select seq, hash from ledger_head")
     assert head == {"seq": ENTRIES, "hash": entries[-1]["hash"]}
-    result = ws.cli("audit", "verify")
+    result = ws.invoke("audit", "verify")
     assert result.code == 0, result.err
     assert result.out.splitlines() == [
         f"audit trail verified: {ENTRIES} entries, head {entries[-1]['hash']}, 1 checkpoints "
@@ -207,7 +207,7 @@ def test_tampered_ledger_fails_verify(unsigned: Path, ws: Any, tamper: Any, entr
 def test_checkpoint_file_catches_a_truncated_tail(unsigned: Path, ws: Any) -> None:
     state = _copy(unsigned, ws)
     out = ws.root / "checkpoint.json"
-    saved = ws.cli("audit", "checkpoint", "-o", str(out))
+    saved = ws.invoke("audit", "checkpoint", "-o", str(out))
     assert saved.code == 0, saved.err
     cp = json.loads(out.read_text())
     assert (cp["seq"], cp["hash"]) == (ENTRIES, _entry(state, ENTRIES)["hash"])
@@ -216,7 +216,7 @@ def test_checkpoint_file_catches_a_truncated_tail(unsigned: Path, ws: Any) -> No
     state_exec(state, "delete from ledger where seq > 3")
     state_exec(state, "update ledger_head set seq = 3, hash = ?", _entry(state, 3)["hash"])
     state_exec(state, "delete from checkpoints where seq > 3")
-    inside = ws.cli("audit", "verify")
+    inside = ws.invoke("audit", "verify")
     assert inside.code == 0, inside.err
     assert inside.out.startswith("audit trail verified: 3 entries")
     _verify_fails(ws, ENTRIES, "--checkpoint", str(out))
@@ -225,12 +225,12 @@ def test_checkpoint_file_catches_a_truncated_tail(unsigned: Path, ws: Any) -> No
 def test_checkpoint_file_catches_a_rewritten_tail(unsigned: Path, ws: Any) -> None:
     state = _copy(unsigned, ws)
     out = ws.root / "checkpoint.json"
-    assert ws.cli("audit", "checkpoint", "-o", str(out)).code == 0
+    assert ws.invoke("audit", "checkpoint", "-o", str(out)).code == 0
     refs = json.loads(_entry(state, 4)["record_refs"])
     state_exec(state, "update ledger set record_refs = ? where seq = 4", json.dumps(refs[:2]))
     head = _rehash_from(state, 4)
     state_exec(state, "update checkpoints set hash = ?", head)
-    inside = ws.cli("audit", "verify")
+    inside = ws.invoke("audit", "verify")
     assert inside.code == 0, inside.err
     _verify_fails(ws, ENTRIES, "--checkpoint", str(out))
 
@@ -243,15 +243,15 @@ def test_signed_checkpoints_verify(signed: Path, ws: Any) -> None:
     public = _public_hex(key)
     (cp,) = state_rows(state, "select * from checkpoints")
     assert (cp["seq"], cp["public_key"], len(cp["signature"])) == (ENTRIES, public, 128)
-    result = ws.cli("audit", "verify")
+    result = ws.invoke("audit", "verify")
     assert result.code == 0, result.err
     lines = result.out.splitlines()
     assert lines[0].endswith("1 checkpoints (1 signed)")
     assert lines[1:] == ["signatures checked against the trusted public key from the policy's "
                          "signing_key", NO_EXTERNAL]
     out = ws.root / "checkpoint.json"
-    assert ws.cli("audit", "checkpoint", "-o", str(out)).code == 0
-    assert ws.cli("audit", "verify", "--checkpoint", str(out)).code == 0
+    assert ws.invoke("audit", "checkpoint", "-o", str(out)).code == 0
+    assert ws.invoke("audit", "verify", "--checkpoint", str(out)).code == 0
 
 
 def _flip(hex_text: str) -> str:
@@ -294,7 +294,7 @@ def test_stripped_checkpoint_signature_fails_when_signing_key_is_set(signed: Pat
 def test_forged_signature_on_checkpoint_file_fails(signed: Path, ws: Any) -> None:
     _copy(signed, ws)
     out = ws.root / "checkpoint.json"
-    assert ws.cli("audit", "checkpoint", "-o", str(out)).code == 0
+    assert ws.invoke("audit", "checkpoint", "-o", str(out)).code == 0
     cp = json.loads(out.read_text())
     cp["signature"] = _flip(cp["signature"])
     out.write_text(json.dumps(cp))
@@ -364,13 +364,13 @@ def test_kill_9_mid_sweep_loses_no_ledger_entry(sqlite_db: Any, ws: Any) -> None
     assert max(ledgered.values()) == 1
     assert set(ledgered) <= {record_ref(ws.secret, "app", "users", i) for i in gone}
 
-    final = ws.cli("run", "--json")
+    final = ws.invoke("run", "--json")
     assert final.code == 0, final.err
     assert ids(engine, "users") == set(range(1, ROWS + 1)) - due
     ledgered = Counter(r for e in ledger(state, "dispose") for r in e["record_refs"])
     assert ledgered == Counter({record_ref(ws.secret, "app", "users", i): 1 for i in due})
     assert state_rows(state, "select count(*) as n from pending") == [{"n": 0}]
-    verified = ws.cli("audit", "verify")
+    verified = ws.invoke("audit", "verify")
     assert verified.code == 0, verified.err
     engine.dispose()
 
@@ -384,7 +384,7 @@ def test_batch_disposed_but_not_ledgered_is_ledgered_once(sqlite_db: Any, ws: An
     create(engine, users_table(sa.MetaData()),
            [Row(i, OLD if i <= 12 else young) for i in range(1, 16)])
     ws.policy({"app": {"adapter": "sql", "url": sqlite_db.url}}, [RULE], batch_size=5)
-    assert ws.cli("db", "upgrade").code == 0
+    assert ws.invoke("db", "upgrade").code == 0
     state = ws.root / "state.db"
     ref = {i: record_ref(ws.secret, "app", "users", i) for i in range(1, 16)}
     state_exec(state, "insert into pending (created_at, run_id, rule, store, target, action, "
@@ -394,7 +394,7 @@ def test_batch_disposed_but_not_ledgered_is_ledgered_once(sqlite_db: Any, ws: An
     with engine.begin() as conn:
         conn.execute(sa.text("delete from users where id in (1, 2, 3)"))
 
-    run = ws.cli("run", "--json")
+    run = ws.invoke("run", "--json")
     assert run.code == 0, run.err
     assert run.json()["totals"]["done"] == 9
     assert ids(engine, "users") == set(range(13, 16))
@@ -404,5 +404,5 @@ def test_batch_disposed_but_not_ledgered_is_ledgered_once(sqlite_db: Any, ws: An
     ledgered = Counter(r for e in entries for r in e["record_refs"])
     assert ledgered == Counter({ref[i]: 1 for i in range(1, 13)})
     assert state_rows(state, "select count(*) as n from pending") == [{"n": 0}]
-    assert ws.cli("audit", "verify").code == 0
+    assert ws.invoke("audit", "verify").code == 0
     engine.dispose()

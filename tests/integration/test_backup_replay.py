@@ -166,12 +166,12 @@ def test_restore_replays_disposals_since_the_backup(store: Store, ws: Any) -> No
     store.backup()
 
     # A disposal before T: it is in the backup's past, so a replay leaves it alone.
-    first = ws.cli("run", "--json", "--rule", "old-sessions")
+    first = ws.invoke("run", "--json", "--rule", "old-sessions")
     assert first.code == 0, first.err
     assert first.json()["totals"]["done"] == 3
     taken_at = datetime.now(UTC)
 
-    sweep = ws.cli("run", "--json", "--rule", "stale-tokens", "--rule", "closed-users")
+    sweep = ws.invoke("run", "--json", "--rule", "stale-tokens", "--rule", "closed-users")
     assert sweep.code == 0, sweep.err
     assert {r["rule"]: r["done"] for r in sweep.json()["rules"]} == {
         "stale-tokens": 3, "closed-users": 3}
@@ -195,7 +195,7 @@ def test_restore_replays_disposals_since_the_backup(store: Store, ws: Any) -> No
     # --taken-at in another offset is the same instant.
     east = taken_at.astimezone(timezone(timedelta(hours=2))).isoformat()
     replay_started = datetime.now(UTC)
-    result = ws.cli("backup", "restored", "--store", "app", "--taken-at", east, "--json")
+    result = ws.invoke("backup", "restored", "--store", "app", "--taken-at", east, "--json")
     replay_ended = datetime.now(UTC)
     assert result.code == 0, result.err
     doc = result.json()
@@ -235,11 +235,11 @@ def test_restore_replays_disposals_since_the_backup(store: Store, ws: Any) -> No
         detail = json.loads(e["detail"])
         assert detail["taken_at"] == taken_at.isoformat()
         assert detail["count"] == 3
-    verify = ws.cli("audit", "verify")
+    verify = ws.invoke("audit", "verify")
     assert verify.code == 0, verify.out + verify.err
 
     # Replaying again finds nothing to do: everything since T is disposed already.
-    again = ws.cli("backup", "restored", "--store", "app", "--taken-at", east, "--json")
+    again = ws.invoke("backup", "restored", "--store", "app", "--taken-at", east, "--json")
     assert again.code == 0, again.err
     assert again.json()["reapplied"] == [
         {"rule": "closed-users", "action": "anonymize", "count": 0, "held": 0},
@@ -251,7 +251,7 @@ def test_restore_replays_disposals_since_the_backup(store: Store, ws: Any) -> No
 
 def test_restore_of_an_unknown_store_is_a_usage_error(sqlite_db: Any, ws: Any) -> None:
     ws.policy({"app": {"adapter": "sql", "url": sqlite_db.url}}, [])
-    result = ws.cli("backup", "restored", "--store", "nope", "--taken-at",
+    result = ws.invoke("backup", "restored", "--store", "nope", "--taken-at",
                     "2026-01-01T00:00:00Z", "--json")
     assert result.code == 2
     assert result.out == ""

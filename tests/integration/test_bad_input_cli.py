@@ -52,7 +52,7 @@ def _run_unchanged(setup: Setup, *args: str, env: dict[str, str] | None = None) 
     """Run the CLI and check the promises every bad input shares; return the result."""
     before = setup.store.read_bytes()
     names = sorted(p.name for p in setup.ws.root.iterdir())
-    result = setup.ws.cli(*args, env=env)
+    result = setup.ws.invoke(*args, env=env)
     assert result.code == 2, result
     assert result.out == ""
     assert "Traceback" not in result.err
@@ -237,7 +237,7 @@ def test_the_good_policy_plans(setup: Setup) -> None:
     """The control: the same setup with a valid policy is accepted, so the failures above are
     the bad input's doing."""
     setup.policy()
-    result = setup.ws.cli("--json", "plan", "--as-of", "2026-11-22T03:00:00Z")
+    result = setup.ws.invoke("--json", "plan", "--as-of", "2026-11-22T03:00:00Z")
     assert result.code == 0, result.err
     doc = result.json()
     assert [(r["rule"], r["due"]) for r in doc["rules"]] == [("closed-accounts", 1)]

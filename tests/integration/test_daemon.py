@@ -240,7 +240,7 @@ def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 
 def cli_json(ws: Any, *args: str) -> Any:
-    result = ws.cli(*args, "--json")
+    result = ws.invoke(*args, "--json")
     assert result.code == 0, result.err
     return result.json()
 
@@ -394,7 +394,7 @@ def test_sigterm_during_a_long_sweep_finishes_the_batch(ws: Any) -> None:
     assert select_all(ws.state_url, "select run_id, seq from checkpoints "
                       "order by id desc limit 1") == [(run_id, seq)]
     assert select_all(ws.state_url, "select count(*) from pending") == [(0,)]
-    verify = ws.cli("audit", "verify")
+    verify = ws.invoke("audit", "verify")
     assert verify.code == 0, verify.err
     doc = cli_json(ws, "status")
     assert doc["last_sweep"]["run_id"] == run_id

@@ -92,7 +92,7 @@ class World:
     request: str
 
     def explain(self, rule: str, key: int) -> dict[str, Any]:
-        return ok(self.ws.cli("explain", "--rule", rule, "--key", str(key), "--json"))
+        return ok(self.ws.invoke("explain", "--rule", rule, "--key", str(key), "--json"))
 
     def ref(self, target: str, key: int) -> str:
         return record_ref(self.ws.secret, "app", target, key)
@@ -131,9 +131,9 @@ def world(store_db_sp: Any, ws: Any) -> Iterator[World]:
     engine.dispose()
     ws.policy({"app": {"adapter": "sql", "url": store_db_sp.url}},
               [OLD_MESSAGES, INVOICES_6_7, SIGNED, OLD_DOCS, DRAFTS], timezone="Europe/Berlin")
-    hold = ok(ws.cli("hold", "add", "--subject", str(U2), "--reason", "litigation",
+    hold = ok(ws.invoke("hold", "add", "--subject", str(U2), "--reason", "litigation",
                      "--json"))["id"]
-    request = ok(ws.cli("request", "erase", str(U3), "--json"))["id"]
+    request = ok(ws.invoke("request", "erase", str(U3), "--json"))["id"]
     yield World(ws, clocks, hold, request)
 
 
@@ -197,7 +197,7 @@ def test_explain_due_not_due_held_erase_and_kept(world: World) -> None:
     assert _verdicts(kept) == [_verdict("invoices", "kept", by=world.request)]
 
     # The set-based plan agrees with the five explanations.
-    plan = ok(world.ws.cli("plan", "--json"))
+    plan = ok(world.ws.invoke("plan", "--json"))
     assert counts(plan) == [("old-messages", 2, 1, 0, 0, 0, 0), ("invoices", 0, 0, 1, 0, 0, 0),
                             ("signed-documents", 0, 0, 0, 0, 0, 0),
                             ("old-documents", 0, 0, 0, 0, 0, 0),
@@ -236,7 +236,7 @@ def test_explain_overlapping_rules(world: World) -> None:
                  due_at=c.two_years + timedelta(days=30))]
 
     # A hold on signed-documents protects document 1 under every rule it matches.
-    hold = ok(world.ws.cli("hold", "add", "--rule", "signed-documents", "--reason", "audit",
+    hold = ok(world.ws.invoke("hold", "add", "--rule", "signed-documents", "--reason", "audit",
                            "--json"))["id"]
     held = world.explain("old-documents", 1)
     assert {k: held[k] for k in ("holds", "decision", "winner")} == {
@@ -247,17 +247,17 @@ def test_explain_overlapping_rules(world: World) -> None:
 
 
 def test_explain_unknown_key_or_rule_is_a_usage_error(world: World) -> None:
-    line = usage_error(world.ws.cli("explain", "--rule", "old-messages", "--key", "999",
+    line = usage_error(world.ws.invoke("explain", "--rule", "old-messages", "--key", "999",
                                     "--json"))
     assert "--key 999" in line
-    line = usage_error(world.ws.cli("explain", "--rule", "no-such-rule", "--key", "1"))
+    line = usage_error(world.ws.invoke("explain", "--rule", "no-such-rule", "--key", "1"))
     assert "no-such-rule" in line
 
 
 def test_explain_agrees_with_the_sweep_on_a_zero_padded_subject(world: World) -> None:
-    hold = ok(world.ws.cli("hold", "add", "--subject", f"0{U1}", "--reason", "typo",
+    hold = ok(world.ws.invoke("hold", "add", "--subject", f"0{U1}", "--reason", "typo",
                            "--json"))["id"]
-    [rule] = ok(world.ws.cli("plan", "--rule", "old-messages", "--json"))["rules"]
+    [rule] = ok(world.ws.invoke("plan", "--rule", "old-messages", "--json"))["rules"]
     explained = world.explain("old-messages", 1)
     held_by_plan = rule["held"] - 1  # U2's message 2 is held in any case
     assert held_by_plan in (0, 1)

@@ -116,7 +116,7 @@ def test_isolate_then_purge(store: Any, ws: Any) -> None:
     iso_name = {"sessions": "sessions_isolated", "devices": "devices_quarantine"}
     rule_of = {"sessions": "stale-sessions", "devices": "old-devices"}
 
-    run = ws.cli("run", "--json")
+    run = ws.invoke("run", "--json")
     finished = datetime.now(UTC).replace(tzinfo=None)
     assert run.code == 0, run.err
     doc = run.json()
@@ -157,7 +157,7 @@ def test_isolate_then_purge(store: Any, ws: Any) -> None:
 
     # Wait for isolate.for to pass; a plan then reports the purge without doing it.
     time.sleep(max(0.0, (purge_after - datetime.now(UTC)).total_seconds()) + 0.5)
-    plan = ws.cli("plan", "--json")
+    plan = ws.invoke("plan", "--json")
     assert plan.code == 0, plan.err
     assert counts(plan.json()) == {"stale-sessions": (0, 0, 3), "old-devices": (0, 0, 2)}
     for target, ids in moved.items():
@@ -165,7 +165,7 @@ def test_isolate_then_purge(store: Any, ws: Any) -> None:
     assert ledger(state, "purge") == []
 
     purge_started = datetime.now(UTC)
-    again = ws.cli("run", "--json")
+    again = ws.invoke("run", "--json")
     assert again.code == 0, again.err
     assert counts(again.json()) == {"stale-sessions": (0, 0, 3), "old-devices": (0, 0, 2)}
     for target, ids in moved.items():
@@ -195,7 +195,7 @@ def test_isolate_refusals(sqlite_db: Any, ws: Any) -> None:
                         "table": "devices_quarantine", "clock": "registered_at"}
     ws.policy({"app": {"adapter": "sql", "url": sqlite_db.url}},
               [no_purge_time, reads_isolated, DEVICES_RULE, reads_quarantine])
-    result = ws.cli("config", "validate")
+    result = ws.invoke("config", "validate")
     assert result.code == 2, result.out + result.err
     assert sorted(log_free_lines(result.err)) == sorted([
         "error: rules[0] (stale-sessions).isolate: isolate needs isolate.for, or "

@@ -73,14 +73,14 @@ def _close_to(iso: str, expected: datetime) -> bool:
 
 def test_holds_and_requests_follow_the_precedence_ladder(market: sa.Engine, ws: Any) -> None:
     engine = market
-    hold_a = ok(ws.cli("hold", "add", "--subject", str(A), "--reason", "litigation Doe v. Shop",
+    hold_a = ok(ws.invoke("hold", "add", "--subject", str(A), "--reason", "litigation Doe v. Shop",
                        "--ref", "CASE-17", "--json"))
-    hold_c = ok(ws.cli("hold", "add", "--subject", str(C), "--reason", "tax audit",
+    hold_c = ok(ws.invoke("hold", "add", "--subject", str(C), "--reason", "tax audit",
                        "--ref", "CASE-18", "--json"))
     assert {k: hold_a[k] for k in ("scope", "status")} == {"scope": "subject",
                                                            "status": "active"}
-    req_b = ok(ws.cli("request", "erase", str(B), "--ref", "TICKET-7", "--json"))
-    req_c = ok(ws.cli("request", "erase", str(C), "--ref", "TICKET-8", "--json"))
+    req_b = ok(ws.invoke("request", "erase", str(B), "--ref", "TICKET-7", "--json"))
+    req_c = ok(ws.invoke("request", "erase", str(C), "--ref", "TICKET-8", "--json"))
     assert {k: req_b[k] for k in ("subject_kind", "status")} == {"subject_kind": "user",
                                                                  "status": "open"}
     assert _close_to(req_b["due_at"], datetime.now(UTC) + timedelta(days=30)), req_b
@@ -88,7 +88,7 @@ def test_holds_and_requests_follow_the_precedence_ladder(market: sa.Engine, ws: 
     before = _tables(engine)
 
     # -- plan: exact counts per rule, nothing changed ----------------------------------------
-    plan = ok(ws.cli("plan", "--json"))
+    plan = ok(ws.invoke("plan", "--json"))
     expected_counts = [
         # closed-accounts: D due; A held; G has no clock; B and C are active accounts.
         ("closed-accounts", 1, 1, 0, 0, 0, 1),
@@ -110,7 +110,7 @@ def test_holds_and_requests_follow_the_precedence_ladder(market: sa.Engine, ws: 
     assert _tables(engine) == before
 
     # -- run: exactly the expected rows remain -----------------------------------------------
-    run1 = ok(ws.cli("run", "--json"))
+    run1 = ok(ws.invoke("run", "--json"))
     assert counts(run1) == [(r, due, held, kept, due, 0, nc)
                             for r, due, held, kept, _, _, nc in expected_counts]
     assert run1["totals"] == {"due": 9, "held": 6, "kept": 2, "done": 9, "failed": 0}
@@ -123,7 +123,7 @@ def test_holds_and_requests_follow_the_precedence_ladder(market: sa.Engine, ws: 
         "invoices": {1, 2, 3, 4, 6},  # B's invoices kept by law, A's due one held
     }
 
-    requests = {q["id"]: q for q in ok(ws.cli("request", "list", "--json"))}
+    requests = {q["id"]: q for q in ok(ws.invoke("request", "list", "--json"))}
     assert set(requests) == {req_b["id"], req_c["id"]}
     b, c = requests[req_b["id"]], requests[req_c["id"]]
     assert (b["status"], b["ref"], b["overdue"]) == ("partial", "TICKET-7", False)
@@ -139,10 +139,10 @@ def test_holds_and_requests_follow_the_precedence_ladder(market: sa.Engine, ws: 
     assert c["outcome"] == {r: {"disposed": 0, "kept": 0, "held": True}
                             for r in ("closed-accounts", "accounts", "old-messages",
                                       "invoices")}
-    open_ids = [q["id"] for q in ok(ws.cli("request", "list", "--open", "--json"))]
+    open_ids = [q["id"] for q in ok(ws.invoke("request", "list", "--open", "--json"))]
     assert open_ids == [req_c["id"]]
 
-    holds = ok(ws.cli("hold", "list", "--json"))
+    holds = ok(ws.invoke("hold", "list", "--json"))
     assert [(h["id"], h["status"], h["scope"], h["subject_kind"], h["subject_ref"],
              h["reason"], h["ref"], h["released_at"]) for h in holds] == [
         (hold_a["id"], "active", "subject", "user", subject_ref(ws.secret, "user", A),
@@ -152,16 +152,16 @@ def test_holds_and_requests_follow_the_precedence_ladder(market: sa.Engine, ws: 
 
     # -- release: A's due records and C's request go through at the next sweep ---------------
     for hold in (hold_a, hold_c):
-        released = ok(ws.cli("hold", "release", hold["id"], "--reason", "case closed",
+        released = ok(ws.invoke("hold", "release", hold["id"], "--reason", "case closed",
                              "--json"))
         assert released == {"id": hold["id"], "status": "released"}
-    holds = ok(ws.cli("hold", "list", "--json"))
+    holds = ok(ws.invoke("hold", "list", "--json"))
     assert [(h["id"], h["status"], h["release_reason"]) for h in holds] == [
         (hold_a["id"], "released", "case closed"), (hold_c["id"], "released", "case closed")]
     assert all(h["released_at"] is not None for h in holds)
-    assert ok(ws.cli("hold", "list", "--active", "--json")) == []
+    assert ok(ws.invoke("hold", "list", "--active", "--json")) == []
 
-    run2 = ok(ws.cli("run", "--json"))
+    run2 = ok(ws.invoke("run", "--json"))
     assert counts(run2) == [
         ("closed-accounts", 1, 0, 0, 1, 0, 1),  # A anonymised
         ("accounts", 1, 0, 0, 1, 0, 0),  # C's row, for C's request
@@ -172,21 +172,21 @@ def test_holds_and_requests_follow_the_precedence_ladder(market: sa.Engine, ws: 
     assert [(q["id"], q["status"]) for q in run2["requests"]] == [(req_c["id"], "done")]
     assert _tables(engine) == {"users": {A, D, E, F, G}, "anonymized": {A, D},
                                "messages": {2, 8, 10}, "invoices": {2, 4, 6}}
-    requests = {q["id"]: q for q in ok(ws.cli("request", "list", "--json"))}
+    requests = {q["id"]: q for q in ok(ws.invoke("request", "list", "--json"))}
     assert requests[req_b["id"]]["status"] == "partial"
     c = requests[req_c["id"]]
     assert c["status"] == "done"
     assert {r: (v["disposed"], v["kept"]) for r, v in c["outcome"].items()} == {
         "closed-accounts": (0, 0), "accounts": (1, 0), "old-messages": (2, 0),
         "invoices": (0, 0)}
-    assert ok(ws.cli("request", "list", "--open", "--json")) == []
+    assert ok(ws.invoke("request", "list", "--open", "--json")) == []
 
     _check_ledger(ws, hold_a["id"], hold_c["id"], req_b["id"], req_c["id"], run1, run2)
 
 
 def _check_ledger(ws: Any, hold_a: str, hold_c: str, req_b: str, req_c: str,
                   run1: dict[str, Any], run2: dict[str, Any]) -> None:
-    export = ws.cli("audit", "export", "--format", "json")
+    export = ws.invoke("audit", "export", "--format", "json")
     assert export.code == 0, export.err
     entries = json.loads(export.out)
     ref = {t: (lambda k, t=t: record_ref(ws.secret, "app", t, k))
@@ -235,32 +235,32 @@ def _check_ledger(ws: Any, hold_a: str, hold_c: str, req_b: str, req_c: str,
     # Subjects appear only as references: never a raw subject id, anywhere in the export.
     words = tokens(export.out)
     assert not {str(s) for s in (A, B, C, D, E, F, G)} & words
-    verify = ws.cli("audit", "verify")
+    verify = ws.invoke("audit", "verify")
     assert verify.code == 0, verify.err
     assert f"{len(entries)} entries" in verify.out
 
 
 def test_overdue_request_is_listed_until_a_sweep_settles_it(market: sa.Engine,
                                                              ws: Any) -> None:
-    late = ok(ws.cli("request", "erase", str(B), "--due", "0d", "--ref", "LATE-1", "--json"))
+    late = ok(ws.invoke("request", "erase", str(B), "--due", "0d", "--ref", "LATE-1", "--json"))
     assert _close_to(late["due_at"], datetime.now(UTC)), late
-    timely = ok(ws.cli("request", "erase", str(C), "--due", "2w", "--json"))
+    timely = ok(ws.invoke("request", "erase", str(C), "--due", "2w", "--json"))
     assert _close_to(timely["due_at"], datetime.now(UTC) + timedelta(days=14)), timely
 
-    overdue = ok(ws.cli("request", "list", "--overdue", "--json"))
+    overdue = ok(ws.invoke("request", "list", "--overdue", "--json"))
     assert [(q["id"], q["status"], q["overdue"], q["ref"], q["due_at"]) for q in overdue] == [
         (late["id"], "overdue", True, "LATE-1", late["due_at"])]
-    listed = ok(ws.cli("request", "list", "--open", "--json"))
+    listed = ok(ws.invoke("request", "list", "--open", "--json"))
     assert [(q["id"], q["status"]) for q in listed] == [(late["id"], "overdue"),
                                                         (timely["id"], "open")]
-    plan = ok(ws.cli("plan", "--json"))
+    plan = ok(ws.invoke("plan", "--json"))
     assert [(q["id"], q["status"]) for q in plan["requests"]] == [
         (late["id"], "overdue"), (timely["id"], "open")]
 
-    run = ok(ws.cli("run", "--json"))
+    run = ok(ws.invoke("run", "--json"))
     assert [(q["id"], q["status"]) for q in run["requests"]] == [
         (late["id"], "partial"), (timely["id"], "done")]
-    assert ok(ws.cli("request", "list", "--overdue", "--json")) == []
+    assert ok(ws.invoke("request", "list", "--overdue", "--json")) == []
     assert ids(market, "users") == {A, D, E, F, G}
 
 
@@ -269,11 +269,11 @@ def test_store_hold_disposes_nothing_and_rule_hold_beats_requests(market: sa.Eng
                                                                    ws: Any) -> None:
     engine = market
     before = _tables(engine)
-    store_hold = ok(ws.cli("hold", "add", "--store", "app", "--reason", "regulator inquiry",
+    store_hold = ok(ws.invoke("hold", "add", "--store", "app", "--reason", "regulator inquiry",
                            "--json"))
     assert {k: store_hold[k] for k in ("scope", "status")} == {"scope": "store",
                                                                "status": "active"}
-    run = ok(ws.cli("run", "--json"))
+    run = ok(ws.invoke("run", "--json"))
     # Nothing in the store is disposed; every due message and invoice is counted held.
     # (closed-accounts' held count is checked by the test below.)
     assert [(r, due, done, failed) for r, due, _, _, done, failed, _ in counts(run)] == [
@@ -282,12 +282,12 @@ def test_store_hold_disposes_nothing_and_rule_hold_beats_requests(market: sa.Eng
     assert [r for r in counts(run) if r[0] in ("old-messages", "invoices")] == [
         ("old-messages", 0, 6, 0, 0, 0, 0), ("invoices", 0, 4, 0, 0, 0, 0)]
     assert _tables(engine) == before
-    ok(ws.cli("hold", "release", store_hold["id"], "--reason", "inquiry closed", "--json"))
+    ok(ws.invoke("hold", "release", store_hold["id"], "--reason", "inquiry closed", "--json"))
 
-    rule_hold = ok(ws.cli("hold", "add", "--rule", "old-messages", "--reason", "discovery",
+    rule_hold = ok(ws.invoke("hold", "add", "--rule", "old-messages", "--reason", "discovery",
                           "--ref", "CASE-3", "--json"))
-    req = ok(ws.cli("request", "erase", str(B), "--json"))
-    plan = ok(ws.cli("plan", "--json"))
+    req = ok(ws.invoke("request", "erase", str(B), "--json"))
+    plan = ok(ws.invoke("plan", "--json"))
     expected = [
         ("closed-accounts", 2, 0, 0, 0, 0, 1),  # A and D
         ("accounts", 1, 0, 0, 0, 0, 0),  # B's account
@@ -296,15 +296,15 @@ def test_store_hold_disposes_nothing_and_rule_hold_beats_requests(market: sa.Eng
         ("invoices", 3, 0, 2, 0, 0, 0),  # 1, 5, 7 by time; B's 3 and 4 kept
     ]
     assert counts(plan) == expected
-    run = ok(ws.cli("run", "--json"))
+    run = ok(ws.invoke("run", "--json"))
     assert counts(run) == [(r, due, held, kept, due, 0, nc)
                            for r, due, held, kept, _, _, nc in expected]
     assert [(q["id"], q["status"]) for q in run["requests"]] == [(req["id"], "open")]
     assert _tables(engine) == {"users": {A, C, D, E, F, G}, "anonymized": {A, D},
                                "messages": before["messages"], "invoices": {2, 3, 4, 6}}
-    outcome = ok(ws.cli("request", "list", "--json"))[0]["outcome"]
+    outcome = ok(ws.invoke("request", "list", "--json"))[0]["outcome"]
     assert outcome["old-messages"] == {"disposed": 0, "kept": 0, "held": True}
-    holds = ok(ws.cli("hold", "list", "--json"))
+    holds = ok(ws.invoke("hold", "list", "--json"))
     assert [(h["id"], h["scope"], h["rule"], h["store"], h["subject_ref"], h["status"])
             for h in holds] == [
         (store_hold["id"], "store", None, "app", None, "released"),
@@ -316,8 +316,8 @@ def test_store_hold_counts_every_due_record_held(sqlite_db: Any, ws: Any) -> Non
     build(engine, now_seconds())
     engine.dispose()
     policy(ws, sqlite_db.url)
-    ok(ws.cli("hold", "add", "--store", "app", "--reason", "regulator inquiry", "--json"))
-    plan = ok(ws.cli("plan", "--json"))
+    ok(ws.invoke("hold", "add", "--store", "app", "--reason", "regulator inquiry", "--json"))
+    plan = ok(ws.invoke("plan", "--json"))
     assert counts(plan) == [
         ("closed-accounts", 0, 2, 0, 0, 0, 1),  # A and D are due and held
         ("accounts", 0, 0, 0, 0, 0, 0),
@@ -346,23 +346,23 @@ def test_bad_hold_and_request_input_is_refused(sqlite_db: Any, ws: Any) -> None:
         (("request", "erase", "5", "--due", "-3d"), "--due"),
     ]
     for args, fragment in cases:
-        line = usage_error(ws.cli(*args))
+        line = usage_error(ws.invoke(*args))
         assert fragment in line, (args, line)
-    assert ok(ws.cli("hold", "list", "--json")) == []
-    assert ok(ws.cli("request", "list", "--json")) == []
+    assert ok(ws.invoke("hold", "list", "--json")) == []
+    assert ok(ws.invoke("request", "list", "--json")) == []
 
     # Without --json, hold add and request erase print just the new id.
-    added = ws.cli("hold", "add", "--subject", str(A), "--reason", "x")
+    added = ws.invoke("hold", "add", "--subject", str(A), "--reason", "x")
     assert added.code == 0, added.err
     hold_id = added.out.strip()
     assert added.out == hold_id + "\n" and re.fullmatch(r"[0-9a-f]{12}", hold_id)
-    asked = ws.cli("request", "erase", str(B))
+    asked = ws.invoke("request", "erase", str(B))
     assert asked.code == 0, asked.err
-    assert [q["id"] for q in ok(ws.cli("request", "list", "--json"))] == [asked.out.strip()]
-    ok(ws.cli("hold", "release", hold_id, "--reason", "done", "--json"))
-    line = usage_error(ws.cli("hold", "release", hold_id, "--reason", "again"))
+    assert [q["id"] for q in ok(ws.invoke("request", "list", "--json"))] == [asked.out.strip()]
+    ok(ws.invoke("hold", "release", hold_id, "--reason", "done", "--json"))
+    line = usage_error(ws.invoke("hold", "release", hold_id, "--reason", "again"))
     assert f"hold {hold_id} was already released" in line
-    holds = ok(ws.cli("hold", "list", "--json"))
+    holds = ok(ws.invoke("hold", "list", "--json"))
     assert [(h["id"], h["status"], h["release_reason"]) for h in holds] == [
         (hold_id, "released", "done")]
 
@@ -496,9 +496,9 @@ def test_plan_counts_a_record_two_rules_would_erase_once(sqlite_db: Any, ws: Any
     engine = sqlite_db.engine()
     build(engine, now_seconds())
     policy(ws, sqlite_db.url)
-    ok(ws.cli("request", "erase", str(E), "--json"))  # E: a closed account, closed recently
-    plan = ok(ws.cli("plan", "--json"))
-    run = ok(ws.cli("run", "--json"))
+    ok(ws.invoke("request", "erase", str(E), "--json"))  # E: a closed account, closed recently
+    plan = ok(ws.invoke("plan", "--json"))
+    run = ok(ws.invoke("run", "--json"))
     # closed-accounts: A and D by time, E by request; old-messages: 1, 3, 5, 7, 11 by time and
     # E's 9 by request; invoices: 1, 3, 5 by time, E's 7 kept.
     assert [(r["rule"], r["due"], r["done"]) for r in run["rules"]] == [

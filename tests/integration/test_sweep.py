@@ -103,19 +103,19 @@ def test_plan_then_run_disposes_exactly_the_due_rows(store: Any, ws: Any) -> Non
     state = ws.root / "state.db"
     before = snapshot(engine)
 
-    plan = ws.cli("plan", "--json")
+    plan = ws.invoke("plan", "--json")
     assert plan.code == 0, plan.err
     planned = plan.json()
     assert planned["dry_run"] is True
     assert counts(planned) == [rule_counts(RULE, due=50, null_clock=5)]
     assert planned["totals"] == totals(due=50)
-    dry = ws.cli("run", "--dry-run")
+    dry = ws.invoke("run", "--dry-run")
     assert dry.code == 0, dry.err
     assert "Plan (dry run, nothing changed)" in dry.out
     assert snapshot(engine) == before, "a dry run changed the store"
     assert ledger(state, "dispose") == []
 
-    run = ws.cli("run", "--json")
+    run = ws.invoke("run", "--json")
     assert run.code == 0, run.err
     ran = run.json()
     assert ran["dry_run"] is False
@@ -137,7 +137,7 @@ def test_plan_then_run_disposes_exactly_the_due_rows(store: Any, ws: Any) -> Non
         (ran["run_id"], "closed-accounts", "app", "users", "delete", "schedule", n)
         for n in (7, 1)}
 
-    again = ws.cli("run", "--json")
+    again = ws.invoke("run", "--json")
     assert again.code == 0, again.err
     assert counts(again.json()) == [rule_counts(RULE, null_clock=5)]
     assert again.json()["totals"] == totals()
@@ -201,7 +201,7 @@ def test_as_of_boundaries_are_exact(store_db: Any, ws: Any) -> None:
         "2024-02-29T12:00:00Z": (1, 2),
     }
     for as_of, (due_three, due_leap) in expected.items():
-        plan = ws.cli("plan", "--json", "--as-of", as_of)
+        plan = ws.invoke("plan", "--json", "--as-of", as_of)
         assert plan.code == 0, plan.err
         assert plan.json()["as_of"] == as_of.replace("Z", "+00:00")
         assert counts(plan.json()) == [
@@ -215,7 +215,7 @@ def test_keep_for_floor_holds_on_the_day_before_a_clamped_leap_day(sqlite_db: An
         datetime(2024, 2, 28, 12, 0, 0),  # floor ends 2025-02-28 12:00:00: not due yet
         datetime(2024, 2, 29, 6, 0, 0),  # + 1y = 2025-02-28 06:00:00: due
     ])
-    plan = ws.cli("plan", "--json", "--as-of", "2025-02-28T11:59:59Z", "--rule", "one-year")
+    plan = ws.invoke("plan", "--json", "--as-of", "2025-02-28T11:59:59Z", "--rule", "one-year")
     assert plan.code == 0, plan.err
     assert counts(plan.json()) == [rule_counts(leap, due=1)]
 
@@ -230,7 +230,7 @@ def test_dry_run_leaves_sqlite_store_byte_for_byte_unchanged(sqlite_db: Any, ws:
     files = sorted(p.name for p in path.parent.glob(path.name + "*"))
     digest = file_digest(path)
     for args in (("plan", "--json"), ("run", "--dry-run", "--json")):
-        result = ws.cli(*args)
+        result = ws.invoke(*args)
         assert result.code == 0, result.err
         assert result.json()["totals"]["due"] == 50
     assert sorted(p.name for p in path.parent.glob(path.name + "*")) == files
@@ -252,7 +252,7 @@ def test_rule_option_limits_the_sweep(sqlite_db: Any, ws: Any) -> None:
                 "dispose_after": "30d"}
     ws.policy({"app": {"adapter": "sql", "url": store_db.url}}, [users, sessions])
 
-    run = ws.cli("run", "--json", "--rule", "stale-sessions")
+    run = ws.invoke("run", "--json", "--rule", "stale-sessions")
     assert run.code == 0, run.err
     assert counts(run.json()) == [rule_counts(sessions, due=9, done=9)]
     assert ids(engine, "sessions") == set(range(10, 16))
@@ -262,7 +262,7 @@ def test_rule_option_limits_the_sweep(sqlite_db: Any, ws: Any) -> None:
     assert sorted(entries[0]["record_refs"]) == sorted(
         record_ref(ws.secret, "app", "sessions", i) for i in range(1, 10))
 
-    unknown = ws.cli("run", "--rule", "no-such-rule")
+    unknown = ws.invoke("run", "--rule", "no-such-rule")
     assert unknown.code == 2
     assert log_free_lines(unknown.err)[0].startswith("error: --rule no-such-rule: no such rule")
     assert ids(engine, "users") == set(range(1, 21))
@@ -278,7 +278,7 @@ def test_unreachable_store_is_recorded_as_a_failed_run(ws: Any) -> None:
     _unreachable_policy(ws)
     docs = []
     for args in (("plan", "--json"), ("run", "--json")):
-        result = ws.cli(*args)
+        result = ws.invoke(*args)
         assert "Traceback" not in result.out + result.err
         docs.append(result.json())
         assert counts(result.json()) == [rule_counts({**RULE, "id": "far-away",
@@ -292,13 +292,13 @@ def test_unreachable_store_is_recorded_as_a_failed_run(ws: Any) -> None:
 @pytest.mark.parametrize("command", ["plan", "run"])
 def test_unreachable_store_exits_3(ws: Any, command: str) -> None:
     _unreachable_policy(ws)
-    result = ws.cli(command)
+    result = ws.invoke(command)
     assert "Traceback" not in result.out + result.err
     mentions = [line for line in log_free_lines(result.out + "\n" + result.err)
                 if "cannot connect to postgresql+psycopg://retentiond@127.0.0.1:1/app" in line]
     assert len(mentions) == 1, result.out + result.err
     assert mentions[0].startswith(("error: ", "rule far-away failed: "))
     assert result.code == 3
-    as_json = ws.cli(command, "--json")
+    as_json = ws.invoke(command, "--json")
     assert as_json.code == 3
     assert as_json.json()["totals"] == totals()

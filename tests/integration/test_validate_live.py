@@ -39,7 +39,7 @@ def test_good_policy_validates(store_db: Any, ws: Any) -> None:
         _rule(1, table="sessions", key="token", clock="last_seen", keep_for="30d",
               dispose_after="90d"),
     ])
-    result = ws.cli("config", "validate", "--json")
+    result = ws.invoke("config", "validate", "--json")
     assert result.code == 0, result.err
     assert result.json() == {"ok": True, "config": str(ws.config), "rules": 2, "stores": 1,
                              "warnings": []}
@@ -60,7 +60,7 @@ def test_every_live_problem_is_listed_with_its_path(store_db: Any, ws: Any) -> N
         _rule(8, key="missing_key", clock="missing_clock"),
         _rule(9, table="sessions", key="token", clock="last_seen"),
     ])
-    result = ws.cli("config", "validate")
+    result = ws.invoke("config", "validate")
     assert result.code == 2, (result.out, result.err)
     assert "Traceback" not in result.err
     problems = dict(line.removeprefix("error: ").split(": ", 1)
@@ -91,7 +91,7 @@ def test_unreachable_store_exits_3(ws: Any) -> None:
     ws.policy({"far": {"adapter": "sql",
                        "url": "postgresql+psycopg://retentiond:s3cret-pw@127.0.0.1:1/app"}},
               [_rule(0, store="far")])
-    result = ws.cli("config", "validate")
+    result = ws.invoke("config", "validate")
     assert result.code == 3, (result.out, result.err)
     assert "Traceback" not in result.err
     assert error_lines(result.err) == [
@@ -102,7 +102,7 @@ def test_unreachable_store_exits_3(ws: Any) -> None:
 def test_missing_sqlite_store_is_unreachable_and_not_created(ws: Any) -> None:
     missing = ws.root / "no-such-dir" / "typo.db"
     ws.policy({"app": {"adapter": "sql", "url": f"sqlite:///{missing}"}}, [_rule(0)])
-    result = ws.cli("config", "validate")
+    result = ws.invoke("config", "validate")
     assert not missing.parent.exists()
     assert result.code == 3, (result.out, result.err)
     assert len(error_lines(result.err)) == 1

@@ -31,7 +31,8 @@ def test_wheel_carries_migrations_and_upgrades(tmp_path: Path) -> None:
     subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-deps", str(wheel)], check=True)
     # The dependencies come from the test's own environment through a .pth file; the
     # retentiond package itself only from the wheel (no source tree on the path).
-    site = subprocess.run([str(py), "-c", "import sysconfig;print(sysconfig.get_paths()['purelib'])"],
+    purelib = "import sysconfig;print(sysconfig.get_paths()['purelib'])"
+    site = subprocess.run([str(py), "-c", purelib],
                           check=True, capture_output=True, text=True).stdout.strip()
     Path(site, "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
 
