@@ -344,7 +344,7 @@ def db_upgrade(ctx: click.Context, json_flag: bool) -> None:
     ctx.exit(db.upgrade(_app(ctx, json_flag)))
 
 
-def _database_error(exc: Exception, debug: bool) -> None:
+def _database_error(exc: Exception, debug: bool, args: list[str]) -> None:
     """Exit on an error SQLAlchemy raised: 3 with one line for the state database's (SPEC 1),
     else 1 naming only its class. Its text, and so a traceback's last line, can echo values."""
     from sqlalchemy.exc import SQLAlchemyError
@@ -360,28 +360,37 @@ def _database_error(exc: Exception, debug: bool) -> None:
         print(type(exc).__name__, file=sys.stderr)
     if state is not None:
         click.echo(f"error: {state}", err=True)
+        _error_json(args, state.exit_code, [str(state)])
         sys.exit(state.exit_code)
     click.echo(f"error: internal error: {type(exc).__name__} in the database layer "
                "(run with --debug for a traceback)", err=True)
     sys.exit(1)
 
 
-def _policy_json(exc: RetentiondError, args: list[str]) -> None:
-    """With ``--json``, a policy error is also one JSON document on stdout: ``{"ok": false,
-    "problems": [{"path", "rule", "message"}]}`` (``rule`` only for paths inside a rule).
-    ``--json`` (global or the command's) is found in the arguments, as ``--debug`` is."""
-    if isinstance(exc, PolicyError) and "--json" in args:
-        output.emit_json({"ok": False, "problems": exc.documents()})
+def _error_json(args: list[str], code: int, lines: list[str],
+                exc: Exception | None = None) -> None:
+    """With ``--json``, a command that fails still prints exactly one JSON document on stdout:
+    ``{"ok": false, "exit_code": N, "errors": [...]}``, and for a policy error ``problems``:
+    ``[{"path", "rule", "message"}]`` (``rule`` only for paths inside a rule). ``--json``
+    (global or the command's) is found in the arguments, as ``--debug`` is."""
+    if "--json" not in args:
+        return
+    doc: dict[str, object] = {"ok": False, "exit_code": code, "errors": lines}
+    if isinstance(exc, PolicyError):
+        doc["problems"] = exc.documents()
+    output.emit_json(doc)
 
 
 def main(argv: list[str] | None = None) -> None:
-    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    args = argv if argv is not None else sys.argv[1:]
+    debug = "--debug" in args
     try:
         code = cli.main(args=argv, prog_name="retentiond", standalone_mode=False)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.ClickException as exc:
         click.echo(f"error: {one_line(exc.format_message())}", err=True)
+        _error_json(args, 2, [one_line(exc.format_message())])
         sys.exit(2)
     except click.exceptions.Abort:
         click.echo("error: aborted", err=True)
@@ -391,10 +400,10 @@ def main(argv: list[str] | None = None) -> None:
             traceback.print_exc()
         for text in exc.lines():
             click.echo(f"error: {text}", err=True)
-        _policy_json(exc, argv if argv is not None else sys.argv[1:])
+        _error_json(args, exc.exit_code, exc.lines(), exc)
         sys.exit(exc.exit_code)
     except Exception as exc:  # last resort: one line, traceback with --debug
-        _database_error(exc, debug)
+        _database_error(exc, debug, args)
         if debug:
             traceback.print_exc()
         click.echo(f"error: internal error: {type(exc).__name__}: {one_line(str(exc))[:200]} "

@@ -73,16 +73,18 @@ def test_json_lists_each_problem_with_its_rule(ws: Any, stores: dict[str, Any],
     ws.policy(stores, [_rule("minors", store="warehouse"), _rule(None)], colour="red")
     result = ws.invoke(*args)
     assert result.code == 2, result
-    assert result.json() == {"ok": False, "problems": [
+    lines = [
+        "colour: unknown key",
+        f"rules[0] (minors).store: {UNKNOWN_STORE}",
+        "rules[1].id: required key is missing",
+    ]
+    assert result.json() == {"ok": False, "exit_code": 2, "errors": lines, "problems": [
         {"path": "colour", "message": "unknown key"},
         {"path": "rules[0].store", "rule": "minors", "message": UNKNOWN_STORE},
         {"path": "rules[1].id", "rule": None, "message": "required key is missing"},
     ]}
-    assert error_lines(result.err) == [  # the lines on stderr stay as without --json
-        "error: colour: unknown key",
-        f"error: rules[0] (minors).store: {UNKNOWN_STORE}",
-        "error: rules[1].id: required key is missing",
-    ]
+    # the lines on stderr stay as without --json
+    assert error_lines(result.err) == [f"error: {line}" for line in lines]
 
 
 def test_json_lists_live_problems_with_their_rule(ws: Any, stores: dict[str, Any]) -> None:
@@ -92,3 +94,15 @@ def test_json_lists_live_problems_with_their_rule(ws: Any, stores: dict[str, Any
     [problem] = result.json()["problems"]
     assert problem == {"path": "rules[1].key", "rule": "minors",
                        "message": "column users.no_such_key does not exist"}
+
+
+def test_every_failure_is_one_json_document_with_json(ws: Any, stores: dict[str, Any]) -> None:
+    """Not only policy errors: a usage error and a bad argument print one document too."""
+    ws.policy(stores, [_rule("closed-accounts")])
+    unknown = ws.invoke("--json", "run", "--rule", "nope")
+    assert unknown.code == 2
+    [line] = error_lines(unknown.err)
+    assert unknown.json() == {"ok": False, "exit_code": 2, "errors": [line[len("error: "):]]}
+    bad = ws.invoke("run", "--wait", "-1", "--json")
+    assert bad.code == 2
+    assert bad.json()["exit_code"] == 2 and len(bad.json()["errors"]) == 1
