@@ -1,8 +1,12 @@
-"""Shared fixtures: real databases, a policy writer, and the CLI in a subprocess.
+"""Shared fixtures: real databases, a policy writer, and the CLI in-process or in a subprocess.
 
 SQLite is always available. PostgreSQL (127.0.0.1:5432, trust auth) and MariaDB (127.0.0.1:3306,
 root, empty password) are used when they answer; locally a missing server skips its tests, in
-CI (CI=true) it fails them. Every test database is created fresh and dropped afterwards.
+CI (CI=true) it fails them. Every test gets an empty store of its own, dropped afterwards: a
+SQLite file, a MariaDB database, and on PostgreSQL a schema of its own in one database per
+xdist worker (``store_db``, ``store_db_sp``, ``pg_schema``: the URL's search_path names it), since
+creating and force-dropping a PostgreSQL database costs about half a second. ``pg_db`` is still
+a whole database, for tests that terminate its sessions or tell databases apart by name.
 """
 
 from __future__ import annotations
@@ -62,6 +66,56 @@ def _new_pg() -> Iterator[Database]:
         admin.dispose()
 
 
+@dataclass
+class _SharedPg:
+    """This worker's PostgreSQL database (or why it could not be created)."""
+
+    url: str = ""
+    engine: sa.Engine | None = None
+    error: Exception | None = None
+
+
+@pytest.fixture(scope="session")
+def _pg_worker_db(worker_id: str) -> Iterator[_SharedPg]:
+    name = f"rtd_{worker_id}_{uuid.uuid4().hex[:8]}"
+    try:
+        admin = sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+        with admin.connect() as c:
+            c.execute(sa.text(f'create database "{name}"'))
+    except Exception as exc:
+        yield _SharedPg(error=exc)
+        return
+    url = PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
+    engine = sa.create_engine(url, isolation_level="AUTOCOMMIT", pool_pre_ping=True)
+    try:
+        yield _SharedPg(url, engine)
+    finally:
+        engine.dispose()
+        with admin.connect() as c:
+            c.execute(sa.text(f'drop database if exists "{name}" with (force)'))
+        admin.dispose()
+
+
+def _new_pg_schema(shared: _SharedPg) -> Iterator[Database]:
+    """An empty schema in this worker's database, first and only on the URL's search_path, so
+    everything a test creates (tables, functions, triggers, retentiond's state tables) is in it
+    and reflection sees nothing else. Dropped afterwards with whatever sessions the test left,
+    as ``drop database ... with (force)`` did."""
+    if shared.error is not None or shared.engine is None:
+        _unavailable("PostgreSQL", shared.error or RuntimeError("no database"))
+    assert shared.engine is not None
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with shared.engine.connect() as c:
+        c.execute(sa.text(f'create schema "{name}"'))
+    try:
+        yield Database("postgresql", f"{shared.url}?options=-csearch_path%3D{name}")
+    finally:
+        with shared.engine.connect() as c:
+            c.execute(sa.text("select pg_terminate_backend(pid, 5000) from pg_stat_activity "
+                              "where datname = current_database() and pid <> pg_backend_pid()"))
+            c.execute(sa.text(f'drop schema "{name}" cascade'))
+
+
 def _new_my() -> Iterator[Database]:
     name = f"rtd_{uuid.uuid4().hex[:12]}"
     try:
@@ -86,13 +140,13 @@ def _new_sqlite(tmp_path: Path) -> Iterator[Database]:
 @pytest.fixture(params=BACKENDS)
 def store_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
     """A fresh, empty store database on each backend."""
-    yield from _make(request.param, tmp_path)
+    yield from _make(request, request.param, tmp_path)
 
 
 @pytest.fixture(params=("sqlite", "postgresql"))
 def store_db_sp(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
     """A fresh store database on SQLite and PostgreSQL."""
-    yield from _make(request.param, tmp_path)
+    yield from _make(request, request.param, tmp_path)
 
 
 @pytest.fixture
@@ -102,7 +156,14 @@ def sqlite_db(tmp_path: Path) -> Iterator[Database]:
 
 @pytest.fixture
 def pg_db() -> Iterator[Database]:
+    """A whole PostgreSQL database of the test's own."""
     yield from _new_pg()
+
+
+@pytest.fixture
+def pg_schema(_pg_worker_db: _SharedPg) -> Iterator[Database]:
+    """An empty PostgreSQL schema of the test's own (see the module's docstring)."""
+    yield from _new_pg_schema(_pg_worker_db)
 
 
 @pytest.fixture
@@ -110,10 +171,13 @@ def mariadb_db() -> Iterator[Database]:
     yield from _new_my()
 
 
-def _make(backend: str, tmp_path: Path) -> Iterator[Database]:
-    makers = {"sqlite": lambda: _new_sqlite(tmp_path), "postgresql": _new_pg,
-              "mariadb": _new_my}
-    yield from makers[backend]()
+def _make(request: pytest.FixtureRequest, backend: str, tmp_path: Path) -> Iterator[Database]:
+    if backend == "postgresql":
+        yield from _new_pg_schema(request.getfixturevalue("_pg_worker_db"))
+    elif backend == "mariadb":
+        yield from _new_my()
+    else:
+        yield from _new_sqlite(tmp_path)
 
 
 # -- policy files and the CLI ----------------------------------------------------------------

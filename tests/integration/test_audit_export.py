@@ -91,7 +91,7 @@ def setup(request: pytest.FixtureRequest, ws: Any, sqlite_db: Any) -> Setup:
     top: dict[str, Any] = {}
     state_sqlite: Path | None = ws.root / "state.db"
     if request.param == "postgresql":
-        top["state"] = request.getfixturevalue("pg_db").url
+        top["state"] = request.getfixturevalue("pg_schema").url
         state_sqlite = None
     ws.policy({"app": {"adapter": "sql", "url": sqlite_db.url, "backups": {"retention": "35d"}}},
               rules(), **top)
