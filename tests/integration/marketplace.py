@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -193,13 +194,15 @@ def ok(result: Any) -> Any:
 
 
 def usage_error(result: Any) -> str:
-    """A usage error: exit 2, nothing on stdout, exactly one ``error:`` line on stderr;
-    returns that line."""
+    """A usage error: exit 2, exactly one ``error:`` line on stderr, and on stdout nothing, or
+    with ``--json`` the one document that repeats it; returns that line."""
     assert result.code == 2, (result.code, result.out, result.err)
-    assert result.out == ""
     lines = [line for line in result.err.splitlines() if line.strip()]
     errors = [line for line in lines if line.startswith("error: ")]
     assert len(errors) == 1, result.err
+    if result.out:
+        assert json.loads(result.out) == {"ok": False, "exit_code": 2,
+                                          "errors": [errors[0][len("error: "):]]}
     assert all(line.startswith("{") for line in lines if line not in errors), result.err
     return errors[0]
 

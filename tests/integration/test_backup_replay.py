@@ -254,5 +254,6 @@ def test_restore_of_an_unknown_store_is_a_usage_error(sqlite_db: Any, ws: Any) -
     result = ws.invoke("backup", "restored", "--store", "nope", "--taken-at",
                     "2026-01-01T00:00:00Z", "--json")
     assert result.code == 2
-    assert result.out == ""
+    assert json.loads(result.out) == {"ok": False, "exit_code": 2,
+                                      "errors": ["--store nope: no such store (stores: app)"]}
     assert log_free_lines(result.err) == ["error: --store nope: no such store (stores: app)"]
