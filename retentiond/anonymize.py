@@ -152,6 +152,17 @@ class ColumnInfo:
     default: str | None
     primary_key: bool
     unique: bool
+    domain: Any = None  # the PostgreSQL DOMAIN the column was declared with; type is its base
+
+
+def sample_output(strategy: Strategy, secret: bytes) -> Any:
+    """A value ``strategy`` writes whatever the row holds (None when it depends on the row or
+    is NULL), for probing a column's constraints."""
+    if isinstance(strategy, ConstantStrategy):
+        return strategy.value
+    if isinstance(strategy, HmacStrategy):
+        return python_function(strategy, secret)("retentiond")
+    return None
 
 
 def check(strategy: Strategy, col: ColumnInfo, table: str) -> list[str]:
@@ -184,6 +195,11 @@ def _check_default(_: Any, col: ColumnInfo, where: str) -> list[str]:
 def _check_constant(s: Any, col: ColumnInfo, where: str) -> list[str]:
     value = s.value
     t = col.type
+    if isinstance(t, sa.Enum):
+        if value in t.enums:
+            return []
+        return [f"constant {value!r} is not a value of enum {t.name} ({where}); use one of "
+                f"{', '.join(map(repr, t.enums))}"]
     if isinstance(t, sa.Boolean):
         ok = isinstance(value, bool)
     elif isinstance(t, sa.Integer):
@@ -204,6 +220,9 @@ def _check_constant(s: Any, col: ColumnInfo, where: str) -> list[str]:
 
 
 def _check_text(s: Any, col: ColumnInfo, where: str) -> list[str]:
+    if isinstance(col.type, sa.Enum):
+        return [f'strategy "{s.strategy}" on enum column {where} ({col.type.name}) writes '
+                'values the enum does not have; use "constant" with one of its values']
     if not isinstance(col.type, sa.String):
         return [f'strategy "{s.strategy}" needs a text column; {where} is {col.type}']
     length = getattr(col.type, "length", None)

@@ -39,6 +39,7 @@ from retentiond.adapters.sqlexpr import (
     take_next,
     where_text,
 )
+from retentiond.adapters.sqltypes import LISTENERS, is_time_type, is_view, type_name
 from retentiond.errors import StoreError, StoreUnreachable
 from retentiond.log import get_logger, redact_url
 from retentiond.state import faults
@@ -149,7 +150,7 @@ class SqlAdapter(SqlActions, Adapter):
             schema, _, bare = name.rpartition(".")
             with self._errors(f"reading table {name}"):
                 self._tables[name] = sa.Table(bare, sa.MetaData(), schema=schema or None,
-                                              autoload_with=self.engine)
+                                              autoload_with=self.engine, listeners=LISTENERS)
         return self._tables[name]
 
     def _col(self, table: sa.Table, name: str) -> sa.Column[Any]:
@@ -161,6 +162,8 @@ class SqlAdapter(SqlActions, Adapter):
             table = self.table(rule)
         except NoSuchTableError:
             return [("table", f"table {rule.table} does not exist in store {self.store_name}")]
+        if is_view(self.engine, table.name, table.schema):
+            return [("table", f"{rule.table} is a view; name the table it reads from")]
         problems: list[Problem] = []
         wanted = [("key", rule.key), ("clock", rule.clock), ("subject", rule.subject)]
         wanted += [(f"match.{c}", c) for c in rule.match]
@@ -170,15 +173,17 @@ class SqlAdapter(SqlActions, Adapter):
         if problems:
             return problems
         problems += self._check_key(table, str(rule.key))
-        if rule.clock and not isinstance(table.c[rule.clock].type, _TIME_TYPES):
+        if rule.clock and not is_time_type(table.c[rule.clock].type):
             problems.append(("clock", f"column {table.name}.{rule.clock} is "
-                             f"{table.c[rule.clock].type}; a clock must be a timestamp, date, "
+                             f"{type_name(table.c[rule.clock].type)}; a clock must be a "
+                             "timestamp, date, "
                              "ISO 8601 text or integer epoch seconds"))
         for column, cond in rule.match.items():
-            if cond.op in ("older_than", "newer_than") and not isinstance(
-                    table.c[column].type, _TIME_TYPES):
+            if cond.op in ("older_than", "newer_than") and not is_time_type(
+                    table.c[column].type):
                 problems.append((f"match.{column}", f"{cond.op} needs a timestamp or date "
-                                 f"column; {table.name}.{column} is {table.c[column].type}"))
+                                 f"column; {table.name}.{column} is "
+                                 f"{type_name(table.c[column].type)}"))
         if rule.where:
             problems += self._check_where(table, rule.where)
         return problems + self.validate_actions(rule, table)

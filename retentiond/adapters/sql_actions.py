@@ -24,6 +24,7 @@ from sqlalchemy.exc import NoSuchTableError
 from retentiond import anonymize as anon
 from retentiond.adapters.base import Candidate, NextBatch, Problem, Selection
 from retentiond.adapters.sqlexpr import bound, keys_in
+from retentiond.adapters.sqltypes import LISTENERS, domain_problems
 
 if TYPE_CHECKING:
     from contextlib import AbstractContextManager
@@ -164,7 +165,7 @@ class SqlActions:
         try:
             with self._errors(f"reading table {name}"):
                 found = sa.Table(bare, sa.MetaData(), schema=schema or None,
-                                 autoload_with=self.engine)
+                                 autoload_with=self.engine, listeners=LISTENERS)
         except NoSuchTableError:
             if not create:
                 return None
@@ -278,6 +279,8 @@ class SqlActions:
                                  "cannot be anonymised"))
             else:
                 problems += [(path, msg) for msg in anon.check(strategy, infos[name], table.name)]
+                problems += [(path, msg) for msg in domain_problems(
+                    self.engine, strategy, infos[name], table.name, self._secret())]
         return problems
 
     def _column_infos(self, table: sa.Table) -> dict[str, anon.ColumnInfo]:
@@ -289,9 +292,11 @@ class SqlActions:
         unique |= {tuple(i["column_names"]) for i in insp.get_indexes(table.name, table.schema)
                    if i.get("unique")}
         pk = {c.name for c in table.primary_key.columns}
-        return {c["name"]: anon.ColumnInfo(c["name"], c["type"], bool(c["nullable"]),
-                                           c.get("default"), c["name"] in pk,
-                                           (c["name"],) in unique)
+        cols = {c.name: c for c in table.columns}  # reflected: a domain is its base type
+        return {c["name"]: anon.ColumnInfo(c["name"], cols[c["name"]].type,
+                                           bool(cols[c["name"]].nullable), c.get("default"),
+                                           c["name"] in pk, (c["name"],) in unique,
+                                           cols[c["name"]].info.get("domain"))
                 for c in insp.get_columns(table.name, table.schema)}
 
     def _validate_isolated(self, rule: Rule, table: sa.Table) -> list[Problem]:
