@@ -270,6 +270,7 @@ class Facts:
     clocks: dict[str, datetime | None]
     matches: dict[str, bool]
     marked: dict[str, bool] = field(default_factory=dict)
+    key: Any = None  # the record's key as the store holds it (a tuple for composite keys)
 
 
 @dataclass(frozen=True)

@@ -247,7 +247,7 @@ def _unexpected(rule: Rule, exc: Exception, debug: bool) -> str:
     if isinstance(exc, NoSuchTableError):
         return (f"table {rule.target} does not exist in store {rule.store}; "
                 "check the rule with `retentiond config validate`")
-    named = {rule.key, rule.clock, rule.subject, *rule.match}
+    named = {*rule.key_columns, rule.clock, rule.subject, *rule.match}
     if rule.anonymize is not None:
         named |= {rule.anonymize.marker, *rule.anonymize.columns}
     if isinstance(exc, KeyError) and exc.args and exc.args[0] in named - {None}:

@@ -29,13 +29,14 @@ from retentiond.adapters.base import Adapter, Candidate, NextBatch, Problem, Sel
 from retentiond.adapters.sql_actions import SqlActions, isolated_name
 from retentiond.adapters.sqlexpr import (
     Clause,
+    Key,
     as_instant,
     bound,
     coerce,
+    coerce_key,
     delete_returning,
     filter_expr,
     is_disconnect,
-    keys_in,
     take_next,
     where_text,
 )
@@ -156,6 +157,10 @@ class SqlAdapter(SqlActions, Adapter):
     def _col(self, table: sa.Table, name: str) -> sa.Column[Any]:
         return table.c[name]
 
+    def key(self, rule: Rule, table: sa.Table | None = None) -> Key:
+        """The rule's key columns in ``table`` (default: the rule's table)."""
+        return Key(self.table(rule) if table is None else table, rule.key_columns)
+
     # -- live validation ----------------------------------------------------------------------
     def validate(self, rule: Rule) -> list[Problem]:
         try:
@@ -165,14 +170,17 @@ class SqlAdapter(SqlActions, Adapter):
         if is_view(self.engine, table.name, table.schema):
             return [("table", f"{rule.table} is a view; name the table it reads from")]
         problems: list[Problem] = []
-        wanted = [("key", rule.key), ("clock", rule.clock), ("subject", rule.subject)]
+        wanted: list[tuple[str, str | None]] = [
+            ("key" if not rule.composite_key else f"key[{i}]", c)
+            for i, c in enumerate(rule.key_columns)]
+        wanted += [("clock", rule.clock), ("subject", rule.subject)]
         wanted += [(f"match.{c}", c) for c in rule.match]
         for path, column in wanted:
             if column and column not in table.c:
                 problems.append((path, f"column {table.name}.{column} does not exist"))
         if problems:
             return problems
-        problems += self._check_key(table, str(rule.key))
+        problems += self._check_key(table, rule.key_columns)
         if rule.clock and not is_time_type(table.c[rule.clock].type):
             problems.append(("clock", f"column {table.name}.{rule.clock} is "
                              f"{type_name(table.c[rule.clock].type)}; a clock must be a "
@@ -188,20 +196,26 @@ class SqlAdapter(SqlActions, Adapter):
             problems += self._check_where(table, rule.where)
         return problems + self.validate_actions(rule, table)
 
-    def _check_key(self, table: sa.Table, key: str) -> list[Problem]:
+    def _check_key(self, table: sa.Table, key: Sequence[str]) -> list[Problem]:
+        """The key's columns (as a set) must be the primary key or a unique constraint or
+        index; a composite key's columns must be NOT NULL (a NULL never compares in a
+        row-value keyset)."""
         pk = [c.name for c in table.primary_key.columns]
-        if pk == [key]:
-            return []
+        problems: list[Problem] = []
+        if len(key) > 1:
+            problems += [("key", f"column {table.name}.{c} is nullable; the columns of a "
+                          "composite key must be NOT NULL") for c in key if table.c[c].nullable]
+        if set(pk) == set(key):
+            return problems
         insp = sa.inspect(self.engine)
         # An expression index names no column: its entry in column_names is None.
         uniques: list[Sequence[str | None]] = [
             u["column_names"] for u in insp.get_unique_constraints(table.name, table.schema)]
         uniques += [i["column_names"] for i in insp.get_indexes(table.name, table.schema)
                     if i.get("unique")]
-        if [key] in uniques:
-            return []
-        return [("key", f"column {table.name}.{key} is neither the primary key nor unique; "
-                 "name the table's primary key column")]
+        if any(set(u) == set(key) and len(u) == len(key) for u in uniques):
+            return problems
+        return [*problems, ("key", _not_unique(table, key, pk))]
 
     def _check_where(self, table: sa.Table, where: str) -> list[Problem]:
         probe = sa.select(sa.literal(1)).select_from(table).where(where_text(where)).limit(1)
@@ -269,27 +283,28 @@ class SqlAdapter(SqlActions, Adapter):
             return
         rule = selection.rule
         table = self.table(rule)
-        key = table.c[str(rule.key)]
-        cols = [key] + ([table.c[rule.subject]] if rule.subject else [])
-        base = sa.select(*cols).where(self.predicate(selection, table)).order_by(key)
+        key = self.key(rule, table)
+        n = len(key.columns)
+        cols = [*key.columns] + ([table.c[rule.subject]] if rule.subject else [])
+        base = sa.select(*cols).where(self.predicate(selection, table)).order_by(*key.order)
         last: Any = None
         while True:
-            q = base if last is None else base.where(key > last)
+            q = base if last is None else base.where(key.after(last))
             with self._errors(f"scanning {table.name}"), self.engine.connect() as conn:
                 rows = conn.execute(q.limit(batch_size)).all()
             if not rows:
                 return
-            yield [Candidate(r[0], r[1] if rule.subject else None) for r in rows]
+            yield [Candidate(key.value(r), r[n] if rule.subject else None) for r in rows]
             if len(rows) < batch_size:
                 return
-            last = rows[-1][0]
+            last = key.value(rows[-1])
 
     def facts(self, rules: Sequence[Rule], key: Any) -> Facts | None:
         from retentiond.planner import Facts
 
         first = rules[0]
         table = self.table(first)
-        keycol = table.c[str(first.key)]
+        keys = self.key(first, table)
         now = datetime.now(UTC).astimezone(self.policy.tz)
         cols: list[Any] = [table.c[first.subject] if first.subject else sa.null()]
         for rule in rules:
@@ -299,11 +314,16 @@ class SqlAdapter(SqlActions, Adapter):
             anonymizes = rule.anonymize is not None and rule.action == "anonymize"
             marker = rule.anonymize.marker if rule.anonymize and anonymizes else None
             cols.append(table.c[marker].is_not(None) if marker else sa.false())
-        value = coerce(keycol, [key])
+        if keys.composite:
+            # Components as typed (ValueError names a column whose text does not parse).
+            value = [tuple(coerce_key(c, str(v), self.policy.tz)
+                           for c, v in zip(keys.columns, key, strict=True))]
+        else:
+            value = coerce(keys.columns[0], [key])
         if not value:
             return None
         with self._errors(f"reading {table.name}"), self.engine.connect() as conn:
-            row = conn.execute(sa.select(*cols).where(keycol == value[0])).first()
+            row = conn.execute(sa.select(*cols, *keys.columns).where(keys.eq(value[0]))).first()
         if row is None:
             return None
         clocks, matches, marked = {}, {}, {}
@@ -314,15 +334,16 @@ class SqlAdapter(SqlActions, Adapter):
             matches[rule.id] = bool(row[2 + 3 * i])
             marked[rule.id] = bool(row[3 + 3 * i])
         subject = None if row[0] is None else str(row[0])
-        return Facts(subject=subject, clocks=clocks, matches=matches, marked=marked)
+        return Facts(subject=subject, clocks=clocks, matches=matches, marked=marked,
+                     key=keys.value(row, 1 + 3 * len(rules)))
 
     # -- mutators -----------------------------------------------------------------------------
     def delete(self, selection: Selection, keys: Sequence[Any]) -> list[Any]:
         if not keys:
             return []
         table = self.table(selection.rule)
-        key = table.c[str(selection.rule.key)]
-        where = sa.and_(keys_in(self.engine.dialect.name, key, keys),
+        key = self.key(selection.rule, table)
+        where = sa.and_(key.in_(self.engine.dialect.name, keys),
                         self.predicate(selection, table))
         with self._errors(f"deleting from {table.name}"), self.engine.begin() as conn:
             return delete_returning(conn, table, key, where)
@@ -337,7 +358,7 @@ class SqlAdapter(SqlActions, Adapter):
         if dialect.name not in ("sqlite", "postgresql") or not dialect.delete_returning:
             return None
         table = self.table(selection.rule)
-        key = table.c[str(selection.rule.key)]
+        key = self.key(selection.rule, table)
         dml = sa.delete(table).where(self.predicate(selection, table))
         return self.run_next(f"deleting from {table.name}", dml, key,
                              self.pick(selection, table, after, limit), intent)
@@ -345,13 +366,13 @@ class SqlAdapter(SqlActions, Adapter):
     def pick(self, selection: Selection, table: sa.Table, after: Any, limit: int
              ) -> sa.Select[Any]:
         """The next ``limit`` selected keys above ``after``, in key order."""
-        key = table.c[str(selection.rule.key)]
-        pick = sa.select(key).where(self.predicate(selection, table))
+        key = self.key(selection.rule, table)
+        pick = sa.select(*key.columns).where(self.predicate(selection, table))
         if after is not None:
-            pick = pick.where(key > after)
-        return pick.order_by(key).limit(limit)
+            pick = pick.where(key.after(after))
+        return pick.order_by(*key.order).limit(limit)
 
-    def run_next(self, doing: str, dml: Any, key: sa.Column[Any], pick: sa.Select[Any],
+    def run_next(self, doing: str, dml: Any, key: Key, pick: sa.Select[Any],
                  intent: Callable[[list[Any]], None]) -> NextBatch:
         with self._errors(doing), self.engine.begin() as conn:
             batch = take_next(conn, dml, key, pick)
@@ -372,6 +393,20 @@ def without_values(message: str, where: str, names: set[str]) -> str:
         return quoted if quoted[1:-1] in names or quoted in where else "'…'"
 
     return _QUOTED.sub(keep, message)
+
+
+def _not_unique(table: sa.Table, key: Sequence[str], pk: Sequence[str]) -> str:
+    """Why a key is refused, naming the table's actual primary key."""
+    what = (f"column {table.name}.{key[0]} is" if len(key) == 1 else
+            f"columns {', '.join(f'{table.name}.{c}' for c in key)} are")
+    which = "the primary key nor unique" if len(key) == 1 else (
+        "the primary key nor a unique constraint (as a set)")
+    if not pk:
+        return (f"{what} neither {which}; {table.name} has no primary key: name a unique "
+                "column, or the columns of a unique constraint as a list")
+    fix = f"key: {pk[0]}" if len(pk) == 1 else f"key: [{', '.join(pk)}]"
+    return (f"{what} neither {which}; the primary key of {table.name} is "
+            f"({', '.join(pk)}): use {fix}")
 
 
 def sqlite_file(url: str) -> Path | None:

@@ -23,7 +23,7 @@ from sqlalchemy.exc import NoSuchTableError
 
 from retentiond import anonymize as anon
 from retentiond.adapters.base import Candidate, NextBatch, Problem, Selection
-from retentiond.adapters.sqlexpr import bound, keys_in
+from retentiond.adapters.sqlexpr import Key, bound
 from retentiond.adapters.sqltypes import LISTENERS, domain_problems
 
 if TYPE_CHECKING:
@@ -51,11 +51,12 @@ class SqlActions:
         @property
         def engine(self) -> Engine: ...
         def table(self, rule: Rule) -> sa.Table: ...
+        def key(self, rule: Rule, table: sa.Table | None = None) -> Key: ...
         def predicate(self, sel: Selection, table: sa.Table) -> sa.ColumnElement[bool]: ...
         def _errors(self, doing: str) -> AbstractContextManager[None]: ...
         def pick(self, selection: Selection, table: sa.Table, after: Any, limit: int
                  ) -> sa.Select[Any]: ...
-        def run_next(self, doing: str, dml: Any, key: sa.Column[Any], pick: sa.Select[Any],
+        def run_next(self, doing: str, dml: Any, key: Key, pick: sa.Select[Any],
                      intent: Callable[[list[Any]], None]) -> NextBatch: ...
 
     # -- anonymize ----------------------------------------------------------------------------
@@ -65,8 +66,8 @@ class SqlActions:
         rule = selection.rule
         assert rule.anonymize is not None
         table = self.table(rule)
-        key = table.c[str(rule.key)]
-        where = sa.and_(keys_in(self.engine.dialect.name, key, keys),
+        key = self.key(rule, table)
+        where = sa.and_(key.in_(self.engine.dialect.name, keys),
                         self.predicate(selection, table))
         marker = table.c[rule.anonymize.marker]
         fixed = {marker.name: bound(marker, selection.now)}
@@ -77,15 +78,18 @@ class SqlActions:
             _take_write_lock(conn, table, marker)
             if not computed:
                 return _update_returning(conn, table, key, where, fixed)
-            rows = conn.execute(sa.select(key, *(table.c[c] for c in computed)).where(where)
-                                .with_for_update()).all()
+            rows = conn.execute(sa.select(*key.columns, *(table.c[c] for c in computed))
+                                .where(where).with_for_update()).all()
+            n = len(key.columns)
             if rows:
-                stmt = sa.update(table).where(key == sa.bindparam("_key")).values(
+                stmt = sa.update(table).where(*(c == sa.bindparam(f"_key_{i}")
+                                                for i, c in enumerate(key.columns))).values(
                     **fixed, **{c: sa.bindparam(f"_new_{c}") for c in computed})
-                conn.execute(stmt, [{"_key": r[0], **{f"_new_{c}": fn(r[i + 1])
-                                                       for i, (c, fn) in enumerate(
-                                                           computed.items())}} for r in rows])
-            return [r[0] for r in rows]
+                conn.execute(stmt, [{**{f"_key_{i}": r[i] for i in range(n)},
+                                     **{f"_new_{c}": fn(r[n + i])
+                                        for i, (c, fn) in enumerate(computed.items())}}
+                                    for r in rows])
+            return key.values(rows)
 
     def anonymize_next(self, selection: Selection, after: Any, limit: int,
                        intent: Callable[[list[Any]], None]) -> NextBatch | None:
@@ -100,7 +104,7 @@ class SqlActions:
                 or not all(anon.is_sql(s) for s in rule.anonymize.columns.values())):
             return None
         table = self.table(rule)
-        key = table.c[str(rule.key)]
+        key = self.key(rule, table)
         marker = table.c[rule.anonymize.marker]
         values = {marker.name: bound(marker, selection.now)} | self._sql_values(rule, table)
         dml = sa.update(table).where(self.predicate(selection, table)).values(**values)
@@ -130,8 +134,8 @@ class SqlActions:
         rule = selection.rule
         table = self.table(rule)
         iso = self.isolated_table(rule, create=True)
-        key = table.c[str(rule.key)]
-        where = sa.and_(keys_in(self.engine.dialect.name, key, keys),
+        key = self.key(rule, table)
+        where = sa.and_(key.in_(self.engine.dialect.name, keys),
                         self.predicate(selection, table))
         now = datetime.now(UTC).replace(tzinfo=None)
         purge_after = (selection.purge_after or datetime.now(UTC)).astimezone(UTC).replace(
@@ -140,10 +144,11 @@ class SqlActions:
         copy = sa.select(*table.columns, sa.literal(now, sa.DateTime),
                          sa.literal(rule.id, sa.String), sa.literal(purge_after, sa.DateTime))
         with self._errors(f"isolating {table.name}"), self.engine.begin() as conn:
-            _take_write_lock(conn, table, key)
-            locked = list(conn.execute(sa.select(key).where(where).with_for_update()).scalars())
+            _take_write_lock(conn, table, key.columns[0])
+            locked = key.values(conn.execute(sa.select(*key.columns).where(where)
+                                             .with_for_update()).all())
             if locked:
-                taken = keys_in(conn.dialect.name, key, locked)
+                taken = key.in_(conn.dialect.name, locked)
                 conn.execute(sa.insert(iso).from_select([*columns, *EXTRA_COLUMNS],
                                                         copy.where(taken)))
                 conn.execute(sa.delete(table).where(taken))
@@ -192,13 +197,14 @@ class SqlActions:
         iso = self.isolated_table(rule)
         if iso is None:
             return
-        key = iso.c[str(rule.key)]
-        base = sa.select(key).distinct().where(*_purgeable(iso, rule, now)).order_by(key)
+        key = Key(iso, rule.key_columns)
+        base = (sa.select(*key.columns).distinct().where(*_purgeable(iso, rule, now))
+                .order_by(*key.order))
         last: Any = None
         while True:
-            q = (base if last is None else base.where(key > last)).limit(batch_size)
+            q = (base if last is None else base.where(key.after(last))).limit(batch_size)
             with self._errors(f"scanning {iso.name}"), self.engine.connect() as conn:
-                keys = list(conn.execute(q).scalars())
+                keys = key.values(conn.execute(q).all())
             if not keys:
                 return
             yield [Candidate(k) for k in keys]
@@ -210,12 +216,12 @@ class SqlActions:
         iso = self.isolated_table(rule)
         if iso is None or not keys:
             return []
-        key = iso.c[str(rule.key)]
-        where = sa.and_(keys_in(self.engine.dialect.name, key, keys), *_purgeable(iso, rule, now))
+        key = Key(iso, rule.key_columns)
+        where = sa.and_(key.in_(self.engine.dialect.name, keys), *_purgeable(iso, rule, now))
         with self._errors(f"purging {iso.name}"), self.engine.begin() as conn:
-            _take_write_lock(conn, iso, key)
-            locked = sorted(set(conn.execute(sa.select(key).where(where).with_for_update())
-                                .scalars()))
+            _take_write_lock(conn, iso, key.columns[0])
+            locked = sorted(set(key.values(conn.execute(sa.select(*key.columns).where(where)
+                                                        .with_for_update()).all())))
             if locked:
                 conn.execute(sa.delete(iso).where(where))
             return locked
@@ -226,16 +232,16 @@ class SqlActions:
         table = self.isolated_table(rule) if action == "purge" else self.table(rule)
         if table is None:
             return []
-        key = table.c[str(rule.key)]
-        base = sa.select(key).order_by(key)
+        key = Key(table, rule.key_columns)
+        base = sa.select(*key.columns).order_by(*key.order)
         if action == "anonymize" and rule.anonymize:
             base = base.where(table.c[rule.anonymize.marker].is_(None))
         found: list[Any] = []
         last: Any = None
         while True:
-            q = (base if last is None else base.where(key > last)).limit(20_000)
+            q = (base if last is None else base.where(key.after(last))).limit(20_000)
             with self._errors(f"reading {table.name}"), self.engine.connect() as conn:
-                keys = list(conn.execute(q).scalars())
+                keys = key.values(conn.execute(q).all())
             found.extend(k for k in keys if ref_of(k) in refs)
             if len(keys) < 20_000:
                 return found
@@ -274,7 +280,7 @@ class SqlActions:
             path = f"anonymize.columns.{name}"
             if name not in infos:
                 problems.append((path, f"column {table.name}.{name} does not exist"))
-            elif name in (rule.key, opts.marker):
+            elif name in (*rule.key_columns, opts.marker):
                 problems.append((path, f"{table.name}.{name} is the rule's key or marker and "
                                  "cannot be anonymised"))
             else:
@@ -323,13 +329,14 @@ def _take_write_lock(conn: Connection, table: sa.Table, column: sa.Column[Any]) 
         conn.execute(sa.update(table).where(sa.false()).values({column.name: column}))
 
 
-def _update_returning(conn: Connection, table: sa.Table, key: sa.Column[Any],
+def _update_returning(conn: Connection, table: sa.Table, key: Key,
                       where: sa.ColumnElement[bool], values: dict[str, Any]) -> list[Any]:
     if conn.dialect.update_returning:
-        return list(conn.execute(sa.update(table).where(where).values(**values)
-                                 .returning(key)).scalars())
-    locked = list(conn.execute(sa.select(key).where(where).with_for_update()).scalars())
+        return key.values(conn.execute(sa.update(table).where(where).values(**values)
+                                       .returning(*key.columns)).all())
+    locked = key.values(conn.execute(sa.select(*key.columns).where(where).with_for_update())
+                        .all())
     if locked:
-        conn.execute(sa.update(table).where(keys_in(conn.dialect.name, key, locked))
+        conn.execute(sa.update(table).where(key.in_(conn.dialect.name, locked))
                      .values(**values))
     return locked

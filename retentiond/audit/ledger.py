@@ -6,9 +6,11 @@ canonical entry is the JSON object of its fields (``seq``, ``at``, ``run_id``, `
 ``rule``, ``store``, ``target``, ``action``, ``reason``, ``record_refs``, ``subject_ref``,
 ``detail``) with sorted keys, no whitespace, ASCII only.
 
-Records are named by reference only: ``HMAC-SHA256(secret_key, store \\0 target \\0 key)``;
-subjects by ``HMAC-SHA256(secret_key, "subject" \\0 kind \\0 id)``. One disposal entry covers one
-batch and lists the references of every record it disposed.
+Records are named by reference only: ``HMAC-SHA256(secret_key, store \\0 target \\0 key)``,
+where ``key`` is ``str(key)`` for a one-column key and :func:`key_text` (a JSON array of
+canonical strings) for a composite key; subjects by
+``HMAC-SHA256(secret_key, "subject" \\0 kind \\0 id)``. One disposal entry covers one batch
+and lists the references of every record it disposed.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ import hmac
 import json
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, time
+from decimal import Decimal
 from typing import Any, cast
 
 from sqlalchemy import Connection, Table, func, insert, select, update
@@ -47,6 +50,36 @@ def _one_shot() -> Callable[[bytes, bytes], bytes]:
 hmac_sha256 = _one_shot()
 
 
+def _component(value: Any) -> str:
+    """One component of a composite key as canonical text, whatever the driver returned:
+    aware times in UTC and naive ones as ISO 8601 with ``T`` (microseconds only when not
+    zero), dates ISO 8601, decimals without exponent or trailing zeros, booleans ``true`` /
+    ``false``, bytes as lowercase hex, anything else (integers, text, UUIDs) as ``str``."""
+    if isinstance(value, datetime):
+        return (value.astimezone(UTC) if value.tzinfo is not None else value).isoformat()
+    if isinstance(value, date | time):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        text = format(value.normalize(), "f")
+        return "0" if text in ("-0", "0") else text
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value).hex()
+    return str(value)
+
+
+def key_text(key: Any) -> str:
+    """The text a record reference is computed over: ``str(key)`` for a one-column key (as it
+    always was, so existing ledgers keep verifying and replaying), and for a composite key
+    (a tuple) the compact JSON array of its components' canonical texts (:func:`_component`),
+    e.g. ``["2024-01-03T10:00:00","17"]``."""
+    if isinstance(key, tuple):
+        return json.dumps([_component(v) for v in key], separators=(",", ":"),
+                          ensure_ascii=False)
+    return str(key)
+
+
 class Refs:
     """Keyed pseudonyms for records and subjects (HMAC-SHA256, hex)."""
 
@@ -57,14 +90,15 @@ class Refs:
         secret, prefix = self._secret, f"{store}\0{target}\0".encode()
 
         def ref(key: Any) -> str:
-            return hmac_sha256(secret, prefix + str(key).encode()).hex()
+            return hmac_sha256(secret, prefix + key_text(key).encode()).hex()
 
         return ref
 
     def records(self, store: str, target: str, keys: Iterable[Any]) -> list[str]:
         """:meth:`record_fn` over a whole batch, without a Python call per record."""
         secret, prefix = self._secret, f"{store}\0{target}\0".encode()
-        return [hmac_sha256(secret, prefix + str(k).encode()).hex() for k in keys]
+        return [hmac_sha256(secret, prefix + (key_text(k) if isinstance(k, tuple) else str(k))
+                            .encode()).hex() for k in keys]
 
     def record(self, store: str, target: str, key: Any) -> str:
         return self.record_fn(store, target)(key)

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from retentiond import output, planner
 from retentiond.app import App
 from retentiond.audit.ledger import Refs
 from retentiond.errors import UsageError, shown
 from retentiond.state.cases import open_requests, read_holds
+
+if TYPE_CHECKING:
+    from retentiond.policy.model import Rule
 
 _RANK = {"held": 0, "kept": 1, "erase": 1, "due": 2}
 
@@ -21,13 +25,17 @@ def explain(app: App, rule_id: str, key: str) -> int:
     except KeyError:
         raise UsageError(f"--rule {rule_id}: no such rule") from None
     rules = [rule, *planner.overlapping(rule, policy.rules)]
+    value = parse_key(rule, key)
     try:
-        facts = app.adapter(rule.store).facts(rules, key)
+        facts = app.adapter(rule.store).facts(rules, value)
     except OverflowError:  # a number too large for the driver (SQLite: 64 bits)
-        raise UsageError(f"--key {shown(key)}: does not fit the key column {rule.key} of "
-                         f"{rule.store}.{rule.target}") from None
+        raise UsageError(f"--key {shown(key)}: does not fit the key column "
+                         f"{_columns(rule)} of {rule.store}.{rule.target}") from None
+    except ValueError as exc:  # a composite key's component that its column cannot take
+        raise UsageError(f"--key {shown(key)}: {exc}") from None
     if facts is None:
-        raise UsageError(f"--key {key}: no record with {rule.key} = {key} in "
+        shown_value = f"({', '.join(value)})" if rule.composite_key else key
+        raise UsageError(f"--key {key}: no record with {_columns(rule)} = {shown_value} in "
                          f"{rule.store}.{rule.target}")
     state = app.state
     sit = planner.Situation(datetime.now(UTC), policy.tz, policy.rules, read_holds(state),
@@ -41,12 +49,49 @@ def explain(app: App, rule_id: str, key: str) -> int:
     return 0
 
 
+def _columns(rule: Rule) -> str:
+    return f"({', '.join(rule.key_columns)})" if rule.composite_key else str(rule.key)
+
+
+def parse_key(rule: Rule, text: str) -> Any:
+    """``--key`` as the adapter's ``facts`` takes it: the text itself for a one-column key; for
+    a composite key a tuple of texts in key-column order, from ``col=value,col=value`` (each
+    column once, any order) or a JSON array in key-column order (``["2024-01-03T10:00:00",
+    17]``). The adapter coerces each component to its column's type."""
+    if not rule.composite_key:
+        return text
+    columns = rule.key_columns
+    usage = (f"rule {rule.id} has the composite key ({', '.join(columns)}); give "
+             f"{','.join(f'{c}=VALUE' for c in columns)} or a JSON array of {len(columns)} "
+             "values in that order")
+    if text.lstrip().startswith("["):
+        try:
+            items = json.loads(text)
+        except ValueError:
+            raise UsageError(f"--key {shown(text)}: not a JSON array; {usage}") from None
+        if (not isinstance(items, list) or len(items) != len(columns) or not all(
+                isinstance(v, str | int | float) and not isinstance(v, bool) for v in items)):
+            raise UsageError(f"--key {shown(text)}: {usage}")
+        return tuple(str(v) for v in items)
+    parts: dict[str, str] = {}
+    for part in text.split(","):
+        name, eq, value = part.partition("=")
+        name = name.strip()
+        if not eq or name not in columns or name in parts:
+            raise UsageError(f"--key {shown(text)}: {usage}")
+        parts[name] = value.strip()
+    if set(parts) != set(columns):
+        missing = ", ".join(c for c in columns if c not in parts)
+        raise UsageError(f"--key {shown(text)}: missing {missing}; {usage}")
+    return tuple(parts[c] for c in columns)
+
+
 def _winner(verdicts: list[planner.Verdict]) -> planner.Verdict | None:
     ranked = [v for v in verdicts if v.outcome in _RANK]
     return min(ranked, key=lambda v: _RANK[v.outcome]) if ranked else None
 
 
-def _document(app: App, rule: Any, key: str, *, facts: planner.Facts, sit: planner.Situation,
+def _document(app: App, rule: Rule, key: str, *, facts: planner.Facts, sit: planner.Situation,
               verdicts: list[planner.Verdict]) -> dict[str, Any]:
     refs = Refs(app.policy.secret_bytes)
     subject_ref = (refs.subject(rule.subject_kind, facts.subject)
@@ -62,7 +107,9 @@ def _document(app: App, rule: Any, key: str, *, facts: planner.Facts, sit: plann
         holds.append(h)
     return {
         "rule": rule.id, "store": rule.store, "target": rule.target, "key": key,
-        "record_ref": refs.record(rule.store, rule.target, key), "subject_ref": subject_ref,
+        "record_ref": refs.record(rule.store, rule.target,
+                                  facts.key if rule.composite_key else key),
+        "subject_ref": subject_ref,
         "as_of": sit.now.isoformat(),
         "clock": _iso(facts.clocks.get(rule.id)),
         "floor_until": _iso(next((v.floor_until for v in verdicts if v.rule == rule.id), None)),

@@ -105,6 +105,31 @@ class _Model(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
 
+def _key(value: Any) -> Any:
+    """``key: id`` or ``key: [a, b]``; a list of one column is that column (the same record
+    references as ``key: a``)."""
+    if isinstance(value, list | tuple):
+        if not value:
+            raise ValueError("a key lists at least one column")
+        if not all(isinstance(v, str) for v in value):
+            raise ValueError("a key lists column names")
+        if len(set(value)) != len(value):
+            raise ValueError("a key names each column once")
+        names = tuple(check_identifier(v) for v in value)
+        return names[0] if len(names) == 1 else names
+    return check_identifier(value) if isinstance(value, str) else value
+
+
+KeyField = Annotated[
+    str | tuple[str, ...],
+    BeforeValidator(_key),
+    WithJsonSchema({"anyOf": [
+        {"type": "string", "description": "the primary key (or a unique) column"},
+        {"type": "array", "items": {"type": "string"}, "minItems": 1, "uniqueItems": True,
+         "description": "the columns of a composite primary key or unique constraint"}]}),
+]
+
+
 # --- match conditions -----------------------------------------------------------------------
 
 
@@ -266,7 +291,7 @@ class Rule(_Model):
     store: str
     table: TableName | None = None
     path: str | None = None
-    key: Identifier | None = None
+    key: KeyField | None = None
     subject: Identifier | None = None
     subject_kind: SubjectKind = "user"
     clock: Identifier | None = None
@@ -279,6 +304,17 @@ class Rule(_Model):
     isolate: IsolateOptions | None = None
     on_erasure: Literal["delete", "anonymize", "isolate", "keep"] | None = None
     legal_basis: str | None = None
+
+    @property
+    def key_columns(self) -> tuple[str, ...]:
+        """The key's column names: one for ``key: id``, several for ``key: [a, b]``."""
+        if self.key is None:
+            return ()
+        return (self.key,) if isinstance(self.key, str) else self.key
+
+    @property
+    def composite_key(self) -> bool:
+        return len(self.key_columns) > 1
 
     @property
     def target(self) -> str:
