@@ -362,8 +362,10 @@ def _database_error(exc: Exception, debug: bool, args: list[str]) -> None:
         click.echo(f"error: {state}", err=True)
         _error_json(args, state.exit_code, [str(state)])
         sys.exit(state.exit_code)
-    click.echo(f"error: internal error: {type(exc).__name__} in the database layer "
-               "(run with --debug for a traceback)", err=True)
+    text = (f"internal error: {type(exc).__name__} in the database layer (run with --debug "
+            "for a traceback)")
+    click.echo(f"error: {text}", err=True)
+    _error_json(args, 1, [text])
     sys.exit(1)
 
 
@@ -394,6 +396,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     except click.exceptions.Abort:
         click.echo("error: aborted", err=True)
+        _error_json(args, 130, ["aborted"])
         sys.exit(130)
     except RetentiondError as exc:
         if debug:
@@ -406,7 +409,9 @@ def main(argv: list[str] | None = None) -> None:
         _database_error(exc, debug, args)
         if debug:
             traceback.print_exc()
-        click.echo(f"error: internal error: {type(exc).__name__}: {one_line(str(exc))[:200]} "
-                   "(run with --debug for a traceback)", err=True)
+        text = (f"internal error: {type(exc).__name__}: {one_line(str(exc))[:200]} (run with "
+                "--debug for a traceback)")
+        click.echo(f"error: {text}", err=True)
+        _error_json(args, 1, [text])
         sys.exit(1)
     sys.exit(code if isinstance(code, int) else 0)

@@ -198,8 +198,9 @@ def _execute(adapter: Adapter, planned: list[tuple[planner.OpenRequest | None, S
             done = executor.execute(sel, result)
             result.held += _held_since(adapter, executor, sel)
             if executor.stopped_by_hold:
-                result.held += adapter.count(sel)  # what the new hold now protects
-                if q is not None:
+                protected = adapter.count(sel)  # what the new hold now protects
+                result.held += protected
+                if q is not None and protected:  # a hold after the last batch blocks nothing
                     tracker.blocked(q, rule)
             if q is not None:
                 tracker.disposed(q, rule, done)

@@ -46,26 +46,33 @@ def restored(app: App, store: str, taken_at: str) -> int:
         adapter = app.adapter(store)  # unreachable: exit 3 before a run row is written
         run_id = uuid.uuid4().hex
         _start_run(app, run_id, since, held.holder)
-        executor = Executor(policy, app.state, {store: adapter}, run_id)
-        replayed = [_replay(app, executor, rule_id=rule_id, action=action, refs=refs,
-                            since=since)
-                    for (rule_id, action), refs in sorted(groups.items())]
+        # Stops after the batch in flight if the lease cannot be renewed.
+        executor = Executor(policy, app.state, {store: adapter}, run_id,
+                            should_stop=lambda: not held.held())
+        replayed = []
+        for (rule_id, action), refs in sorted(groups.items()):
+            replayed.append(_replay(app, executor, rule_id=rule_id, action=action, refs=refs,
+                                    since=since))
+            if executor.stopped:
+                break
     results = [r for r in replayed if r is not None]
     checkpoint.append_to_file(policy.checkpoints,
                               checkpoint.write(app.state, run_id, policy.signing_private_key))
     doc = {"run_id": run_id, "store": store, "taken_at": since.isoformat(),
            "reapplied": [{"rule": r.rule, "action": r.action, "count": r.done, "held": r.held}
                          for r in results],
-           "total": sum(r.done for r in results)}
-    _finish_run(app, run_id, doc)
+           "total": sum(r.done for r in results), "stopped": executor.stopped}
+    _finish_run(app, run_id, doc, "interrupted" if executor.stopped else "ok")
     if app.json:
         output.emit_json(doc)
     else:
         output.table(f"Re-applied in store {store} since {since.isoformat(timespec='seconds')}",
                      ("rule", "action", "re-applied", "held"),
                      [(r.rule, r.action, r.done, r.held) for r in results], numeric_from=2)
-        output.line(f"replay complete: {doc['total']} records disposed again")
-    return 0
+        verdict = ("stopped early (the sweep lease was lost; run it again)"
+                   if executor.stopped else "complete")
+        output.line(f"replay {verdict}: {doc['total']} records disposed again")
+    return 1 if executor.stopped else 0
 
 
 def _disposals_since(app: App, store: str, since: str) -> dict[tuple[str, str], set[str]]:
@@ -108,7 +115,7 @@ def _start_run(app: App, run_id: str, since: datetime, holder: str) -> None:
             status="running", policy_digest=app.policy.digest, holder=holder))
 
 
-def _finish_run(app: App, run_id: str, doc: dict[str, Any]) -> None:
+def _finish_run(app: App, run_id: str, doc: dict[str, Any], status: str) -> None:
     with app.state.begin() as conn:
         conn.execute(update(runs_t).where(runs_t.c.id == run_id).values(
-            finished_at=datetime.now(UTC), status="ok", summary=json.dumps(doc)))
+            finished_at=datetime.now(UTC), status=status, summary=json.dumps(doc)))

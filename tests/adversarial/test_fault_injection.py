@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
 
 from conftest import IN_CI, PG_ADMIN
-from helpers import (  # type: ignore[import-not-found]
+from helpers import (  # type: ignore[import-not-found]  # tests/integration on sys.path
     Row,
     create,
     ids,

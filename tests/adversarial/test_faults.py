@@ -23,7 +23,7 @@ from retentiond.state.lease import this_host
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
 
-from helpers import (  # type: ignore[import-not-found]
+from helpers import (  # type: ignore[import-not-found]  # tests/integration on sys.path
     Row,
     create,
     ids,

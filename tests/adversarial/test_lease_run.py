@@ -14,6 +14,7 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 
 from retentiond.state.lease import NAME, this_host
@@ -261,3 +262,25 @@ def test_backup_restored_refuses_while_a_sweeper_holds_the_lease(
     assert res.code == 3
     [line] = error_lines(res.err)
     assert line.startswith("error: another sweeper holds the sweep lease (")
+
+
+def test_a_replay_that_loses_the_lease_stops_after_the_batch_in_flight(
+        ws: Workspace, sqlite_db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    from retentiond.state.lease import SweepLease
+
+    engine = setup_store(ws, sqlite_db, 5, batch_size=2)
+    assert ws.invoke("run").code == 0
+    assert count(engine) == 0
+    with engine.begin() as conn:  # the backup is restored: the records are back
+        conn.execute(sa.text("insert into invites (id, sent_at, email) values (:i, :t, :e)"),
+                     [{"i": i, "t": OLD, "e": person(i)[1]} for i in range(1, 6)])
+    monkeypatch.setattr(SweepLease, "held", lambda self: False)  # renewals fail from now on
+    res = ws.invoke("backup", "restored", "--store", "app", "--taken-at", "2020-01-01",
+                    "--json")
+    assert res.code == 1, res.err
+    doc = res.json()
+    assert (doc["stopped"], doc["total"]) == (True, 2)
+    assert count(engine) == 3
+    runs = state_rows_count(ws, "runs where status = 'interrupted'")
+    assert runs == 1
+    engine.dispose()

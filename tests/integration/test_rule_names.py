@@ -106,3 +106,19 @@ def test_every_failure_is_one_json_document_with_json(ws: Any, stores: dict[str,
     bad = ws.invoke("run", "--wait", "-1", "--json")
     assert bad.code == 2
     assert bad.json()["exit_code"] == 2 and len(bad.json()["errors"]) == 1
+
+
+def test_an_internal_error_is_one_json_document_too(ws: Any, stores: dict[str, Any],
+                                                    monkeypatch: Any) -> None:
+    from retentiond.commands import cases
+
+    def broken(*_: Any, **__: Any) -> int:
+        raise RuntimeError("boom")
+
+    ws.policy(stores, [_rule("closed-accounts")])
+    monkeypatch.setattr(cases, "request_list", broken)
+    result = ws.invoke("--json", "request", "list")
+    assert result.code == 1
+    text = "internal error: RuntimeError: boom (run with --debug for a traceback)"
+    assert error_lines(result.err) == [f"error: {text}"]
+    assert result.json() == {"ok": False, "exit_code": 1, "errors": [text]}

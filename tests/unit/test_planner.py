@@ -92,7 +92,7 @@ def test_time_never_disposes_before_any_matching_floor(
             clock = facts.clocks[other.id]
             if facts.matches[other.id] and other.keep_for is not None and clock is not None:
                 assert sit.now >= add(clock, other.keep_for)
-        assert sit.now >= add(facts.clocks[rule.id], rule.dispose_after)  # type: ignore[arg-type]
+        assert sit.now >= add(facts.clocks[rule.id], rule.dispose_after)  # type: ignore[arg-type]  # the clock is not None here
 
 
 @settings(max_examples=400)

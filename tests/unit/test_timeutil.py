@@ -77,7 +77,7 @@ def test_parse_duration_rejects_junk(text: str) -> None:
 @pytest.mark.parametrize("value", [None, 3, 3.0, ["3y"], {"y": 3}])
 def test_parse_duration_rejects_non_strings(value: object) -> None:
     with pytest.raises(ValueError, match=r"expected a duration such as 30d or P3Y"):
-        parse_duration(value)  # type: ignore[arg-type]
+        parse_duration(value)  # type: ignore[arg-type]  # a wrong type on purpose
 
 
 def test_unparseable_message_says_how_to_fix() -> None:
