@@ -62,7 +62,7 @@ class Key:
             arrays = [sa.bindparam(f"batch_keys_{i}", [k[i] for k in keys], type_=ARRAY(c.type))
                       for i, c in enumerate(self.columns)]
             rows = sa.func.unnest(*arrays).table_valued(
-                *(f"k{i}" for i in range(len(self.columns))))
+                *(f"k{i}" for i in range(len(self.columns)))).render_derived("batch")
             return sa.tuple_(*self.columns).in_(sa.select(*rows.c))
         return sa.tuple_(*self.columns).in_([tuple(k) for k in keys])
 
