@@ -190,3 +190,32 @@ def test_domain_enum_and_view_refusals(accounts: Any, pg_schema: Any, ws: Any) -
         '"truncate_date" needs a date or timestamp column; accounts.email is TEXT',
     ]), result.err
     assert "DOMAIN" not in result.err
+
+
+def test_isolate_keeps_enum_and_base_types(accounts: Any, pg_schema: Any, ws: Any) -> None:
+    """``accounts_isolated`` is created with the enum type itself and each domain's base
+    type (the quarantine copy does not re-check the domains' constraints)."""
+    engine, rows = accounts
+    ws.policy({"app": {"adapter": "sql", "url": pg_schema.url}},
+              [{**CLOSED, "action": "isolate", "isolate": {"for": "30d"}}])
+    run = ws.invoke("run", "--json")
+    assert run.code == 0, run.err
+    assert per_rule(run.json()) == {"closed-accounts": (2, 2, 1)}
+    assert read(engine) == {r["id"]: r for r in rows if r["id"] not in (1, 6)}
+    with engine.connect() as conn:
+        types = dict(conn.execute(sa.text(
+            "select column_name, format_type(atttypid, atttypmod) from information_schema"
+            ".columns join pg_attribute on attrelid = 'accounts_isolated'::regclass and "
+            "attname = column_name where table_name = 'accounts_isolated' "
+            "and table_schema = current_schema()")).all())
+        copies = {r["id"]: dict(r) for r in conn.execute(sa.text(
+            "select * from accounts_isolated")).mappings()}
+    assert types == {"id": "integer", "closed_at": "timestamp with time zone",
+                     "last_login": "timestamp with time zone", "email": "text",
+                     "code": "character varying(8)", "state": "account_state",
+                     "born": "date", "anonymized_at": "timestamp with time zone",
+                     "retentiond_isolated_at": "timestamp without time zone",
+                     "retentiond_rule": "character varying(64)",
+                     "retentiond_purge_after": "timestamp without time zone"}
+    assert {i: {k: v for k, v in r.items() if not k.startswith("retentiond_")}
+            for i, r in copies.items()} == {r["id"]: r for r in rows if r["id"] in (1, 6)}
