@@ -37,10 +37,13 @@ def locking_db(request: pytest.FixtureRequest) -> Iterator[Database]:
     yield request.getfixturevalue({"postgresql": "pg_db", "mariadb": "mariadb_db"}[request.param])
 
 
-def make_invites(engine: sa.Engine, n: int) -> sa.Table:
+def make_invites(engine: sa.Engine, n: int, composite: bool = False) -> sa.Table:
+    """``invites`` keyed by ``id``, or with ``composite`` by ``(batch_no, id)``."""
     md = sa.MetaData()
     table = sa.Table(
         "invites", md,
+        *([sa.Column("batch_no", sa.Integer, primary_key=True, autoincrement=False)]
+          if composite else []),
         sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
         sa.Column("sent_at", sa.DateTime, nullable=True),
         sa.Column("email", sa.String(120), nullable=False),
@@ -49,12 +52,15 @@ def make_invites(engine: sa.Engine, n: int) -> sa.Table:
     md.create_all(engine)
     with engine.begin() as conn:
         conn.execute(table.insert(), [{"id": i, "sent_at": OLD + timedelta(minutes=i),
-                                       "email": person(i)[1]} for i in range(1, n + 1)])
+                                       "email": person(i)[1],
+                                       **({"batch_no": i % 2} if composite else {})}
+                                      for i in range(1, n + 1)])
     return table
 
 
-def policy(ws: Workspace, db: Database, action: str, batch_size: int = 5000) -> None:
-    rule: dict[str, Any] = {"id": "invitations", "store": "app", "table": "invites", "key": "id",
+def policy(ws: Workspace, db: Database, action: str, batch_size: int = 5000,
+           key: str | list[str] = "id") -> None:
+    rule: dict[str, Any] = {"id": "invitations", "store": "app", "table": "invites", "key": key,
                             "clock": "sent_at", "dispose_after": "1y", "action": action,
                             "source": "Invitations: sent once, then deleted"}
     if action == "anonymize":
@@ -166,6 +172,34 @@ def test_a_batch_shortened_by_a_concurrent_delete_does_not_end_the_sweep(
         [rule] = doc["rules"]
         assert (rule["done"], rule["failed"]) == (11, 0)
         refs = sorted(record_ref(ws.secret, "app", "invites", i) for i in range(1, 13) if i != 2)
+        assert sorted(disposed_refs(ws)) == refs
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("action", ["delete", "anonymize", "isolate"])
+def test_with_a_composite_key_a_record_that_stops_being_due_while_locked_survives(
+        ws: Workspace, locking_db: Database, action: str) -> None:
+    """The same choreography with ``key: [batch_no, id]``: the fast path's ``(a, b) IN
+    (SELECT ... FROM picked)`` statement carries the selection too."""
+    engine = locking_db.engine()
+    try:
+        make_invites(engine, 6, composite=True)
+        policy(ws, locking_db, action, batch_size=4, key=["batch_no", "id"])
+        with engine.connect() as writer:
+            writer.execute(sa.text("update invites set sent_at = :now where id = 3"),
+                           {"now": now_seconds()})
+            proc = start_sweep(ws)
+            wait_for_lock_wait(locking_db, proc)
+            writer.commit()
+        doc = finish(proc)
+        assert remaining(engine, action) == {3: person(3)[1]}
+        [rule] = doc["rules"]
+        assert (rule["done"], rule["failed"]) == (5, 0)
+        from retentiond.audit.ledger import key_text
+
+        refs = sorted(record_ref(ws.secret, "app", "invites", key_text((i % 2, i)))
+                      for i in (1, 2, 4, 5, 6))
         assert sorted(disposed_refs(ws)) == refs
     finally:
         engine.dispose()
