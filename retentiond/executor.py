@@ -49,6 +49,7 @@ class RuleResult:
     done: int = 0
     failed: int = 0
     null_clock: int = 0
+    bad_clock: int = 0
     purged: int = 0
     strategies: dict[str, str] | None = None
     error: str | None = None
@@ -57,7 +58,7 @@ class RuleResult:
         doc = {"rule": self.rule, "store": self.store, "target": self.target,
                "action": self.action, "due": self.due, "held": self.held, "kept": self.kept,
                "done": self.done, "failed": self.failed, "null_clock": self.null_clock,
-               "purged": self.purged}
+               "bad_clock": self.bad_clock, "purged": self.purged}
         if self.strategies:
             doc["strategies"] = self.strategies
         return doc

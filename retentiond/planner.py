@@ -270,13 +270,14 @@ class Facts:
     clocks: dict[str, datetime | None]
     matches: dict[str, bool]
     marked: dict[str, bool] = field(default_factory=dict)
+    bad_clocks: frozenset[str] = frozenset()  # rules whose clock is set but does not parse
     key: Any = None  # the record's key as the store holds it (a tuple for composite keys)
 
 
 @dataclass(frozen=True)
 class Verdict:
     rule: str
-    outcome: str  # held, erase, kept, due, protected, superseded, not-due, no-clock,
+    outcome: str  # held, erase, kept, due, protected, superseded, not-due, no-clock, bad-clock,
     #               request-only, not-matched, done
     action: str | None = None
     due_at: datetime | None = None
@@ -296,11 +297,22 @@ def decide(rule: Rule, facts: Facts, sit: Situation) -> Verdict:
     if facts.marked.get(rule.id):
         return Verdict(rule.id, "done", why="already anonymised (marker set)")
     others = [y for y in overlapping(rule, sit.rules) if facts.matches.get(y.id)]
-    if verdict := _held(rule, facts, sit, others):
-        return verdict
-    if verdict := _requested(rule, facts, sit, others):
-        return verdict
+    if verdict := _held(rule, facts, sit, others) or _requested(rule, facts, sit, others):
+        return _dated(verdict, rule, facts, sit)  # what time alone would say, for explain
     return _by_time(rule, facts, sit, others)
+
+
+def _dated(verdict: Verdict, rule: Rule, facts: Facts, sit: Situation) -> Verdict:
+    """A held, erased or kept record's floor and due date, as :func:`_by_time` computes them."""
+    clock = facts.clocks.get(rule.id)
+    if clock is None:
+        return verdict
+    clock = clock.astimezone(sit.tz)
+    floor = add(clock, rule.keep_for) if rule.keep_for is not None else None
+    due_at = add(clock, rule.dispose_after) if rule.dispose_after is not None else None
+    if due_at is not None and floor is not None:
+        due_at = max(due_at, floor)
+    return replace(verdict, due_at=due_at, floor_until=floor)
 
 
 def _held(rule: Rule, facts: Facts, sit: Situation, others: list[Rule]) -> Verdict | None:
@@ -335,7 +347,10 @@ def _by_time(rule: Rule, facts: Facts, sit: Situation, others: list[Rule]) -> Ve
     if rule.dispose_after is None:
         return Verdict(rule.id, "request-only", why="this rule disposes only on request")
     if clock is None:
-        return Verdict(rule.id, "no-clock", why="the clock is empty: never due by time")
+        bad = rule.id in facts.bad_clocks
+        return Verdict(rule.id, "bad-clock" if bad else "no-clock",
+                       why=f"the clock {'does not parse' if bad else 'is empty'}: never due by "
+                       "time")
     now = sit.local_now
     clock = clock.astimezone(sit.tz)
     due_at = add(clock, rule.dispose_after)
@@ -347,6 +362,8 @@ def _by_time(rule: Rule, facts: Facts, sit: Situation, others: list[Rule]) -> Ve
     order = {r.id: i for i, r in enumerate(sit.rules)}
     for y in others:
         yclock = facts.clocks.get(y.id)
+        if y.keep_for is not None and y.id in facts.bad_clocks:  # unknown floor: it protects
+            yclock = now
         if y.keep_for is not None and yclock is not None and now < add(
                 yclock.astimezone(sit.tz), y.keep_for):
             return Verdict(rule.id, "protected", due_at=due_at, floor_until=floor, by=y.id,

@@ -132,7 +132,7 @@ def sweep(app: App, *, dry_run: bool, rule_ids: Sequence[str] = (),
         log.info("rule swept", run_id=report.run_id, rule=rule.id, store=rule.store,
                  action=rule.action, dry_run=dry_run, due=result.due, held=result.held,
                  kept=result.kept, done=result.done, failed=result.failed,
-                 null_clock=result.null_clock, purged=result.purged,
+                 null_clock=result.null_clock, bad_clock=result.bad_clock, purged=result.purged,
                  **({"error": result.error} if result.error else {}))
         if executor is not None and executor.stopped:
             report.stopped = True
@@ -148,7 +148,16 @@ def _sweep_rule(app: App, plan: planner.RulePlan, result: RuleResult,
                 executor: Executor | None, tracker: RequestTracker) -> None:
     rule = plan.rule
     adapter = app.adapter(rule.store)
+    problems = adapter.preflight(rule)
+    if problems:
+        path, msg = problems[0]
+        at = app.policy.rules.index(rule)
+        raise StoreError(f"rules[{at}] ({rule.id}).{path}: {msg}")
     result.null_clock = adapter.count_null_clock(rule) if plan.time or plan.hold else 0
+    result.bad_clock = adapter.count_bad_clock(rule) if plan.time or plan.hold else 0
+    if result.bad_clock:
+        log.warning("clocks do not parse", rule=rule.id, store=rule.store,
+                    bad_clock=result.bad_clock)
     result.held = sum(adapter.count(s) for s in plan.held)
     for q in plan.held_requests:
         tracker.blocked(q, rule)

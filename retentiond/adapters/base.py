@@ -149,6 +149,23 @@ class Adapter(abc.ABC):
     def count_null_clock(self, rule: Rule) -> int:
         """How many records match the rule but have no clock value (never due by time)."""
 
+    def count_bad_clock(self, rule: Rule) -> int:
+        """How many records match the rule but have a clock that does not parse (never due by
+        time). Adapters whose clocks always parse keep the default, 0."""
+        return 0
+
+    def preflight(self, rule: Rule) -> list[Problem]:
+        """Cheap live checks that ``config validate`` and the start of every plan and run make
+        (a clock whose meaning is unknown, an anonymisation marker something else sets): a
+        sweep fails the rule alone on the first one. Default: none."""
+        return []
+
+    def warnings(self, rule: Rule, ledgered: Callable[[str], bool]) -> list[Problem]:
+        """Live findings that do not stop the rule, for ``config validate`` (implausible or
+        unparseable clocks, a marker already set on most rows). ``ledgered(rule_id)`` says
+        whether the ledger holds an anonymisation by that rule. Default: none."""
+        return []
+
     @abc.abstractmethod
     def scan(self, selection: Selection, batch_size: int) -> Iterator[list[Candidate]]:
         """Selected records in ascending key order, in batches."""

@@ -9,7 +9,9 @@ elsewhere the rows are locked with ``SELECT ... FOR UPDATE`` first.
 
 Clock columns may be timestamps (naive ones are wall-clock time in the policy's ``timezone``,
 ``timestamptz`` is compared in UTC), dates, ISO 8601 text (``YYYY-MM-DD HH:MM:SS[.ffffff]``,
-the form SQLAlchemy and most applications write on SQLite) or integer Unix epoch seconds.
+the form SQLAlchemy and most applications write on SQLite) or integers counting seconds or
+milliseconds since the Unix epoch, as the rule's ``clock_format`` says
+(:mod:`retentiond.adapters.sqlclock`).
 """
 
 from __future__ import annotations
@@ -27,11 +29,11 @@ from sqlalchemy.exc import DBAPIError, NoSuchTableError, OperationalError
 
 from retentiond.adapters.base import Adapter, Candidate, NextBatch, Problem, Selection
 from retentiond.adapters.sql_actions import SqlActions, isolated_name
+from retentiond.adapters.sql_checks import SqlChecks
+from retentiond.adapters.sqlclock import BadClock, bad, clock_instant, clock_parts
 from retentiond.adapters.sqlexpr import (
     Clause,
     Key,
-    as_instant,
-    bound,
     coerce,
     coerce_key,
     delete_returning,
@@ -54,7 +56,7 @@ log = get_logger(__name__)
 _TIME_TYPES = (sa.DateTime, sa.Date, sa.String, sa.Integer)
 
 
-class SqlAdapter(SqlActions, Adapter):
+class SqlAdapter(SqlChecks, SqlActions, Adapter):
     name: ClassVar[str] = "sql"
     actions: ClassVar[frozenset[str]] = frozenset({"delete", "anonymize", "isolate"})
 
@@ -194,7 +196,7 @@ class SqlAdapter(SqlActions, Adapter):
                                  f"{type_name(table.c[column].type)}"))
         if rule.where:
             problems += self._check_where(table, rule.where)
-        return problems + self.validate_actions(rule, table)
+        return problems + self.preflight(rule) + self.validate_actions(rule, table)
 
     def _check_key(self, table: sa.Table, key: Sequence[str]) -> list[Problem]:
         """The key's columns (as a set) must be the primary key or a unique constraint or
@@ -241,7 +243,7 @@ class SqlAdapter(SqlActions, Adapter):
         if sel.unconditional:
             return sa.and_(sa.true(), *parts)
         if rule.clock:
-            parts += _clock_parts(table.c[rule.clock], sel)
+            parts += clock_parts(table.c[rule.clock], sel, self.engine.dialect.name)
         parts += [filter_expr(table.c[f.column], f) for f in sel.filters]
         if rule.where:
             parts.append(where_text(rule.where))
@@ -265,6 +267,20 @@ class SqlAdapter(SqlActions, Adapter):
             return 0
         table = self.table(selection.rule)
         q = sa.select(sa.func.count()).select_from(table).where(self.predicate(selection, table))
+        with self._errors(f"counting {table.name}"), self.engine.connect() as conn:
+            return int(conn.execute(q).scalar_one())
+
+    def count_bad_clock(self, rule: Rule) -> int:
+        """Records matching the rule whose clock is set but does not parse (sqlclock)."""
+        if not rule.clock:
+            return 0
+        table = self.table(rule)
+        broken = bad(table.c[rule.clock], self.engine.dialect.name)
+        if broken is None:
+            return 0
+        now = datetime.now(UTC).astimezone(self.policy.tz)
+        q = sa.select(sa.func.count()).select_from(table).where(
+            broken, *self._match_only(rule, table, now))
         with self._errors(f"counting {table.name}"), self.engine.connect() as conn:
             return int(conn.execute(q).scalar_one())
 
@@ -308,7 +324,11 @@ class SqlAdapter(SqlActions, Adapter):
         now = datetime.now(UTC).astimezone(self.policy.tz)
         cols: list[Any] = [table.c[first.subject] if first.subject else sa.null()]
         for rule in rules:
-            cols.append(table.c[rule.clock] if rule.clock else sa.null())
+            # Raw text: a clock that does not parse is reported, not a crash in the driver.
+            cols.append(sa.type_coerce(table.c[rule.clock], sa.String) if rule.clock
+                        and not isinstance(table.c[rule.clock].type, sa.Integer)
+                        and self.engine.dialect.name == "sqlite"
+                        else table.c[rule.clock] if rule.clock else sa.null())
             cols.append(sa.case((sa.and_(sa.true(), *self._match_only(rule, table, now)), 1),
                                 else_=0))
             anonymizes = rule.anonymize is not None and rule.action == "anonymize"
@@ -327,14 +347,19 @@ class SqlAdapter(SqlActions, Adapter):
         if row is None:
             return None
         clocks, matches, marked = {}, {}, {}
+        broken: set[str] = set()
         for i, rule in enumerate(rules):
             raw = row[1 + 3 * i]
-            clocks[rule.id] = as_instant(raw, table.c[rule.clock] if rule.clock else None,
-                                          self.policy.tz)
+            try:
+                clocks[rule.id] = clock_instant(raw, rule.clock_format, self.policy.tz)
+            except BadClock:
+                clocks[rule.id] = None
+                broken.add(rule.id)
             matches[rule.id] = bool(row[2 + 3 * i])
             marked[rule.id] = bool(row[3 + 3 * i])
         subject = None if row[0] is None else str(row[0])
-        return Facts(subject=subject, clocks=clocks, matches=matches, marked=marked,
+        return Facts(subject=subject, clocks=clocks, bad_clocks=frozenset(broken),
+                     matches=matches, marked=marked,
                      key=keys.value(row, 1 + 3 * len(rules)))
 
     # -- mutators -----------------------------------------------------------------------------
@@ -415,18 +440,6 @@ def sqlite_file(url: str) -> Path | None:
         return None
     path = url.split(":///", 1)[-1].split("?", 1)[0]
     return Path(path) if path and path != ":memory:" else None
-
-
-def _clock_parts(clock: sa.Column[Any], sel: Selection) -> list[sa.ColumnElement[bool]]:
-    parts = []
-    if sel.clock_cutoff is not None:
-        parts.append(clock <= bound(clock, sel.clock_cutoff))
-    if sel.clock_after is not None:
-        parts.append(clock > bound(clock, sel.clock_after))
-    if sel.clock_within is not None:
-        lo, hi = sel.clock_within
-        parts += [clock > bound(clock, lo), clock < bound(clock, hi)]
-    return parts
 
 
 def _subject_parts(subject: sa.Column[Any], sel: Selection) -> list[sa.ColumnElement[bool]]:

@@ -4,13 +4,26 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import cast
+
+from sqlalchemy import Table, select
 
 from retentiond import output
+from retentiond.adapters import registry
+from retentiond.adapters.base import Adapter
 from retentiond.app import App
-from retentiond.errors import PolicyError
+from retentiond.errors import PolicyError, RetentiondError, StoreUnreachable
+from retentiond.log import get_logger
 from retentiond.planner import overlapping
+from retentiond.policy.loader import checkable_rules
 from retentiond.policy.model import Policy, Rule
+from retentiond.state.models import LedgerEntry
 from retentiond.timeutil import never_longer
+
+log = get_logger(__name__)
+ledger_t = cast(Table, LedgerEntry.__table__)
 
 
 def schema(app: App) -> int:
@@ -23,19 +36,21 @@ def schema(app: App) -> int:
 
 def validate(app: App) -> int:
     """Schema and cross checks (exit 2), then live checks against every store (exit 3 when a
-    store is unreachable, exit 2 when a table or column does not fit)."""
-    policy = app.policy
-    problems: list[tuple[str, str]] = []
+    store is unreachable, exit 2 when a table or column does not fit). When the file has
+    problems, the rules without one are still checked live, so one pass shows every problem."""
+    try:
+        policy = app.policy
+    except PolicyError as exc:
+        raise _with_live_problems(exc, app.config_path) from None
     for name in sorted(policy.stores):
         app.adapter(name)
-    for i, rule in enumerate(policy.rules):
-        for path, msg in app.adapter(rule.store).validate(rule):
-            problems.append((f"rules[{i}].{path}" if path else f"rules[{i}]", msg))
+    rules = list(enumerate(policy.rules))
+    problems, live_warnings = _live(rules, app.adapter, _ledgered(app))
     if problems:
+        _warn(live_warnings)
         raise PolicyError(problems, {i: rule.id for i, rule in enumerate(policy.rules)})
-    warnings = overlap_warnings(policy)
-    for text in warnings:
-        print(f"warning: {text}", file=sys.stderr)
+    warnings = overlap_warnings(policy) + live_warnings
+    _warn(warnings)
     summary = {"ok": True, "config": str(app.config_path), "rules": len(policy.rules),
                "stores": len(policy.stores), "warnings": warnings}
     if app.json:
@@ -44,6 +59,75 @@ def validate(app: App) -> int:
         output.line(f"policy OK: {summary['rules']} rules, {summary['stores']} stores "
                     f"({app.config_path})")
     return 0
+
+
+Problem = tuple[str, str]
+
+
+def _live(rules: list[tuple[int, Rule]], adapter: Callable[[str], Adapter],
+          ledgered: Callable[[str], bool]) -> tuple[list[Problem], list[str]]:
+    """Every rule's live problems (with their paths) and warnings (as lines). A rule whose
+    checks pass is also sampled (clocks, markers) for warnings."""
+    problems: list[Problem] = []
+    warnings: list[str] = []
+    for i, rule in rules:
+        found = adapter(rule.store).validate(rule)
+        problems += [(f"rules[{i}].{path}" if path else f"rules[{i}]", msg)
+                     for path, msg in found]
+        if not found:
+            warnings += [f"rules[{i}] ({rule.id}).{path}: {msg}"
+                         for path, msg in adapter(rule.store).warnings(rule, ledgered)]
+    return problems, warnings
+
+
+def _warn(warnings: list[str]) -> None:
+    for text in warnings:
+        log.warning("policy warning", warning=text)
+        print(f"warning: {text}", file=sys.stderr)
+
+
+def _with_live_problems(exc: PolicyError, path: Path) -> PolicyError:
+    """The file's problems plus the live problems of every rule that has none of its own.
+    An unreachable store is a warning here: the file is already wrong (exit 2)."""
+    found = checkable_rules(path, exc.problems)
+    if found is None or not found[1]:
+        return exc
+    policy, rules = found
+    adapters: dict[str, Adapter] = {}
+    reachable: list[tuple[int, Rule]] = []
+    skipped: list[str] = []
+    try:
+        for i, rule in rules:
+            if rule.store not in adapters:
+                store = policy.stores[rule.store]
+                try:
+                    made = registry.get(store.adapter)(rule.store, store, policy)
+                    made.connect()
+                except StoreUnreachable as err:
+                    skipped.append(f"{err}; its rules were not checked live")
+                    continue
+                adapters[rule.store] = made
+            reachable.append((i, rule))
+        problems, warnings = _live(reachable, adapters.__getitem__, lambda _: True)
+    finally:
+        for made in adapters.values():
+            made.close()
+    _warn(sorted(set(skipped)) + warnings)
+    return PolicyError([*exc.problems, *problems], exc.rule_ids)
+
+
+def _ledgered(app: App) -> Callable[[str], bool]:
+    """Whether the ledger holds an anonymisation by a rule (the state database is opened only
+    when a warning depends on it; when it cannot be read, the answer is no)."""
+    def ask(rule_id: str) -> bool:
+        try:
+            with app.state.connect() as conn:
+                return conn.execute(select(ledger_t.c.seq).where(
+                    ledger_t.c.rule == rule_id, ledger_t.c.action == "anonymize").limit(1)
+                ).first() is not None
+        except RetentiondError:
+            return False
+    return ask
 
 
 def overlap_warnings(policy: Policy) -> list[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo
 
 from retentiond import output, planner
 from retentiond.app import App
@@ -94,6 +95,7 @@ def _winner(verdicts: list[planner.Verdict]) -> planner.Verdict | None:
 def _document(app: App, rule: Rule, key: str, *, facts: planner.Facts, sit: planner.Situation,
               verdicts: list[planner.Verdict]) -> dict[str, Any]:
     refs = Refs(app.policy.secret_bytes)
+    tz = app.policy.tz  # every time in one zone, with its offset
     subject_ref = (refs.subject(rule.subject_kind, facts.subject)
                    if facts.subject is not None else None)
     win = _winner(verdicts)
@@ -110,10 +112,11 @@ def _document(app: App, rule: Rule, key: str, *, facts: planner.Facts, sit: plan
         "record_ref": refs.record(rule.store, rule.target,
                                   facts.key if rule.composite_key else key),
         "subject_ref": subject_ref,
-        "as_of": sit.now.isoformat(),
-        "clock": _iso(facts.clocks.get(rule.id)),
-        "floor_until": _iso(next((v.floor_until for v in verdicts if v.rule == rule.id), None)),
-        "due_at": _iso(next((v.due_at for v in verdicts if v.rule == rule.id), None)),
+        "as_of": _iso(sit.now, tz),
+        "clock": _iso(facts.clocks.get(rule.id), tz),
+        "floor_until": _iso(next((v.floor_until for v in verdicts if v.rule == rule.id), None),
+                            tz),
+        "due_at": _iso(next((v.due_at for v in verdicts if v.rule == rule.id), None), tz),
         "matching_rules": [r for r, ok in facts.matches.items() if ok],
         "holds": sorted(set(holds)),
         "requests": [q.id for q in sit.requests if facts.subject is not None
@@ -123,18 +126,19 @@ def _document(app: App, rule: Rule, key: str, *, facts: planner.Facts, sit: plan
         "winner": win.rule if win else None,
         "why": win.why if win else "no rule disposes this record now",
         "rules": [{"rule": v.rule, "outcome": v.outcome, "action": v.action,
-                   "due_at": _iso(v.due_at), "floor_until": _iso(v.floor_until), "why": v.why,
+                   "due_at": _iso(v.due_at, tz), "floor_until": _iso(v.floor_until, tz),
+                   "why": v.why,
                    "by": v.by} for v in verdicts],
     }
 
 
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat() if value is not None else None
+def _iso(value: datetime | None, tz: ZoneInfo) -> str | None:
+    return value.astimezone(tz).isoformat() if value is not None else None
 
 
 def _print(doc: dict[str, Any]) -> None:
     output.line(f"[bold]{doc['store']}.{doc['target']} {doc['key']}[/bold] under rule "
-                f"{doc['rule']}, as of {doc['as_of'][:19]}")
+                f"{doc['rule']}, as of {doc['as_of']}")
     output.line(f"  clock: {doc['clock'] or 'empty'}   floor until: "
                 f"{doc['floor_until'] or '-'}   due at: {doc['due_at'] or '-'}")
     output.line(f"  matching rules: {', '.join(doc['matching_rules']) or 'none'}")
@@ -143,5 +147,6 @@ def _print(doc: dict[str, Any]) -> None:
     verdict = doc["decision"] + (f" ({doc['action']})" if doc["action"] else "")
     output.line(f"  decision: [bold]{verdict}[/bold]"
                 + (f" by rule {doc['winner']}" if doc["winner"] else "") + f": {doc['why']}")
-    output.table("Rules", ("rule", "outcome", "due at", "why"), [
-        (v["rule"], v["outcome"], (v["due_at"] or "-")[:19], v["why"]) for v in doc["rules"]])
+    output.table("Rules", ("rule", "outcome", "floor until", "due at", "why"), [
+        (v["rule"], v["outcome"], v["floor_until"] or "-", v["due_at"] or "-", v["why"])
+        for v in doc["rules"]])

@@ -14,7 +14,7 @@ from retentiond.state import lease
 from retentiond.sweep import SweepReport, choose_rules, sweep
 
 COLUMNS = ("rule", "store", "target", "action", "due", "held", "kept", "done", "failed",
-           "no clock")
+           "no clock", "bad clock")
 
 
 def plan(app: App, rule_ids: Sequence[str], as_of: datetime | None) -> int:
@@ -51,10 +51,10 @@ def _show(app: App, report: SweepReport) -> None:
         output.emit_json(doc)
         return
     rows = [(r.rule, r.store, r.target, _action(r), r.due, r.held, r.kept, r.done, r.failed,
-             r.null_clock) for r in report.rules]
+             r.null_clock, r.bad_clock) for r in report.rules]
     t = doc["totals"]
     footer = ("total", "", "", "", t["due"], t["held"], t["kept"], t["done"], t["failed"],
-              sum(r.null_clock for r in report.rules))
+              sum(r.null_clock for r in report.rules), sum(r.bad_clock for r in report.rules))
     kind = "Plan (dry run, nothing changed)" if report.dry_run else "Sweep"
     output.table(f"{kind} as of {report.as_of.isoformat(timespec='seconds')}  "
                  f"run {report.run_id[:12]}", COLUMNS, rows, numeric_from=4, footer=footer)

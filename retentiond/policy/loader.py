@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ValidationError
+from pydantic import SecretBytes, ValidationError
 
 from retentiond.errors import PolicyError
 from retentiond.policy.checks import cross_check
 from retentiond.policy.keys import read_regular_file
-from retentiond.policy.model import RULE_ID_PATTERN, STRATEGY_NAMES, Policy, known_keys
+from retentiond.policy.model import RULE_ID_PATTERN, STRATEGY_NAMES, Policy, Rule, known_keys
 
 _ENV = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 Problem = tuple[str, str]
@@ -340,3 +340,36 @@ def format_loc(loc: list[Any]) -> str:
         else:
             out = f"{out}.{part}" if out else str(part)
     return out
+
+
+# -- what `config validate` can still check live ----------------------------------------------
+def checkable_rules(path: Path, problems: list[Problem]
+                    ) -> tuple[Policy, list[tuple[int, Rule]]] | None:
+    """After a PolicyError: the stores and rules of the file that have no problem of their own
+    (so ``config validate`` runs their live checks in the same pass), as a policy holding only
+    those. None when the file cannot even be read as YAML."""
+    from retentiond.errors import PolicyError
+    from retentiond.policy.checks import _valid_rules, _valid_stores
+
+    try:
+        data = _read_yaml(read_regular_file(path, MAX_POLICY_FILE), str(path))
+    except (OSError, ValueError, PolicyError):
+        return None
+    data = _interpolate(data, "", [])
+    _anchor_paths(data, path.parent)
+
+    def clean(prefix: str) -> bool:
+        return not any(p == prefix or p.startswith((f"{prefix}.", f"{prefix}["))
+                       for p, _ in problems)
+
+    stores = {n: s for n, s in _valid_stores(data).items() if clean(f"stores.{n}")}
+    rules = [(i, r) for i, r in _valid_rules(data)
+             if clean(f"rules[{i}]") and r.store in stores]
+    tz = data.get("timezone")
+    parts: dict[str, Any] = {"stores": stores, "rules": tuple(r for _, r in rules),
+                             "timezone": tz if isinstance(tz, str) and clean("timezone")
+                             else "UTC",
+                             # The file's key may be what is wrong; checks only need one.
+                             "secret_key": SecretBytes(bytes(32))}
+    policy = Policy.model_construct(**parts)
+    return policy, rules

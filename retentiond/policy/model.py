@@ -295,6 +295,8 @@ class Rule(_Model):
     subject: Identifier | None = None
     subject_kind: SubjectKind = "user"
     clock: Identifier | None = None
+    # What an integer clock counts (SPEC 10): retentiond never guesses seconds or milliseconds.
+    clock_format: Literal["epoch_seconds", "epoch_millis"] | None = None
     match: dict[Identifier, MatchCondition] = Field(default_factory=dict)
     where: Annotated[str, AfterValidator(check_where)] | None = None
     keep_for: DurationField | None = None

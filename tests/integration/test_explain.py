@@ -180,7 +180,9 @@ def test_explain_due_not_due_held_erase_and_kept(world: World) -> None:
                                  "winner")} == {
         "subject_ref": world.subject(U2), "holds": [world.hold], "requests": [],
         "decision": "held", "action": None, "winner": "old-messages"}
-    assert _verdicts(held) == [_verdict("old-messages", "held", by=world.hold)]
+    # A held record still shows the floor and due date time alone would give it.
+    assert _verdicts(held) == [_verdict("old-messages", "held", due_at=three,
+                                        floor_until=three, by=world.hold)]
 
     # A young message of a subject who asked for erasure: the floor yields to the request.
     erase = world.explain("old-messages", 3)
@@ -188,13 +190,17 @@ def test_explain_due_not_due_held_erase_and_kept(world: World) -> None:
         "holds": [], "requests": [world.request], "decision": "erase", "action": "delete",
         "winner": "old-messages"}
     assert _verdicts(erase) == [_verdict("old-messages", "erase", action="delete",
+                                         due_at=plus_years(c.young, 3),
+                                         floor_until=plus_years(c.young, 3),
                                          by=world.request)]
 
     kept = world.explain("invoices", 1)
     assert {k: kept[k] for k in ("requests", "decision", "action", "winner", "why")} == {
         "requests": [world.request], "decision": "kept", "action": None,
         "winner": "invoices", "why": f"legal obligation: {LEGAL}"}
-    assert _verdicts(kept) == [_verdict("invoices", "kept", by=world.request)]
+    assert _verdicts(kept) == [_verdict("invoices", "kept", due_at=plus_years(c.young, 7),
+                                        floor_until=plus_years(c.young, 6),
+                                        by=world.request)]
 
     # The set-based plan agrees with the five explanations.
     plan = ok(world.ws.invoke("plan", "--json"))
