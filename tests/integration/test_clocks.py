@@ -305,3 +305,26 @@ def test_explain_prints_every_time_in_the_policy_zone_with_its_offset(sqlite_db:
     assert re.search(r"as of \d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?" + re.escape(offset),
                      flat), flat
     engine.dispose()
+
+
+def test_a_clock_before_1971_is_implausible(store_db: Any, ws: Any) -> None:
+    engine = store_db.engine()
+    md = sa.MetaData()
+    t = sa.Table("visits", md, sa.Column("id", sa.Integer, primary_key=True,
+                                         autoincrement=False),
+                 sa.Column("seen", sa.DateTime, nullable=True))
+    md.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(t.insert(), [{"id": 1, "seen": datetime(1970, 1, 1, 0, 0, 1)},
+                                  {"id": 2, "seen": YOUNG.replace(tzinfo=None)}])
+    ws.policy({"app": {"adapter": "sql", "url": store_db.url}}, [
+        {"id": "visits", "store": "app", "table": "visits", "key": "id", "clock": "seen",
+         "dispose_after": "1y"}])
+    result = ws.invoke("config", "validate", "--json")
+    assert result.code == 0, result.err
+    young = YOUNG.isoformat(sep=" ", timespec="seconds")
+    assert result.json()["warnings"] == [
+        f"rules[0] (visits).clock: visits.seen ranges from 1970-01-01 00:00:01+00:00 to "
+        f"{young}: values before 1971 or more than a day in the future are implausible; "
+        "check that seen is the time the retention starts"]
+    engine.dispose()
