@@ -556,9 +556,9 @@ def test_model_is_frozen(base: dict[str, Any], write: Write) -> None:
     with pytest.raises(ValidationError, match="frozen"):
         policy.batch_size = 1
     with pytest.raises(ValidationError, match="frozen"):
-        policy.rules[0].keep_for = parse_duration("1d")  # type: ignore[misc]
+        policy.rules[0].keep_for = parse_duration("1d")  # type: ignore[misc]  # writing a frozen model on purpose
     with pytest.raises(ValidationError, match="frozen"):
-        policy.stores["app"].url = "sqlite://"  # type: ignore[misc]
+        policy.stores["app"].url = "sqlite://"  # type: ignore[misc]  # writing a frozen model on purpose
     with pytest.raises(ValidationError, match="frozen"):
         policy.rules = ()
     assert isinstance(policy.rules, tuple)  # rules cannot be appended to either
