@@ -191,12 +191,16 @@ def _trigger_text(names: list[str]) -> str:
 
 def _pg_triggers(conn: Connection, table: sa.Table, marker: str) -> list[str]:
     # tgtype bits: 1 row, 2 before, 4 insert, 16 update. Only BEFORE row triggers rewrite NEW.
+    # The table and, for a partitioned table, every partition below it: a trigger may be
+    # defined on one partition only.
     rows = conn.execute(sa.text(
-        "select t.tgname, p.prosrc from pg_trigger t join pg_class c on c.oid = t.tgrelid "
-        "join pg_namespace n on n.oid = c.relnamespace join pg_proc p on p.oid = t.tgfoid "
-        "where not t.tgisinternal and c.relname = :table "
-        "and n.nspname = coalesce(:schema, current_schema()) "
-        "and (t.tgtype & 3) = 3 and (t.tgtype & 20) <> 0"),
+        "with recursive tree(oid) as ("
+        " select c.oid from pg_class c join pg_namespace n on n.oid = c.relnamespace"
+        " where c.relname = :table and n.nspname = coalesce(:schema, current_schema())"
+        " union select i.inhrelid from pg_inherits i join tree on i.inhparent = tree.oid) "
+        "select t.tgname, p.prosrc from pg_trigger t join tree on tree.oid = t.tgrelid "
+        "join pg_proc p on p.oid = t.tgfoid "
+        "where not t.tgisinternal and (t.tgtype & 3) = 3 and (t.tgtype & 20) <> 0"),
         {"table": table.name, "schema": table.schema}).all()
     names = [r[0] for r in rows if _mentions(r[1], marker)]
     return [_trigger_text(names)] if names else []

@@ -223,6 +223,30 @@ def test_postgresql_trigger_maintained_marker_is_refused(pg_db: Any, ws: Any) ->
     engine.dispose()
 
 
+def test_a_trigger_on_one_partition_only_is_found(pg_db: Any, ws: Any) -> None:
+    """A partitioned table: the trigger that writes the marker sits on one partition."""
+    engine = pg_db.engine()
+    with engine.begin() as conn:
+        for sql in (
+                "create table accounts (id integer not null, closed_at timestamp not null, "
+                "email varchar(80) null, last_update timestamp null, "
+                "primary key (id, closed_at)) partition by range (closed_at)",
+                "create table accounts_old partition of accounts for values from "
+                "('2000-01-01') to ('2024-01-01')",
+                "create table accounts_new partition of accounts for values from "
+                "('2024-01-01') to ('2100-01-01')",
+                "create function touch() returns trigger language plpgsql as "
+                "$$ begin NEW.last_update := now(); return NEW; end $$",
+                "create trigger old_touch before update on accounts_old "
+                "for each row execute function touch()"):
+            conn.execute(sa.text(sql))
+    ws.policy({"app": {"adapter": "sql", "url": pg_db.url}},
+              [_anon_rule(key=["id", "closed_at"])])
+    _refused(ws, ": table has a trigger (old_touch) that may set the marker; every row "
+                 "it touches would look anonymised. Use a marker column no trigger writes")
+    engine.dispose()
+
+
 def test_postgresql_marker_with_a_default_is_refused(pg_db: Any, ws: Any) -> None:
     engine = pg_db.engine()
     _accounts(engine, "last_update timestamp null default now()")
