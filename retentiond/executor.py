@@ -53,12 +53,15 @@ class RuleResult:
     purged: int = 0
     strategies: dict[str, str] | None = None
     error: str | None = None
+    warnings: list[str] | None = None
 
     def as_json(self) -> dict[str, Any]:
         doc = {"rule": self.rule, "store": self.store, "target": self.target,
                "action": self.action, "due": self.due, "held": self.held, "kept": self.kept,
                "done": self.done, "failed": self.failed, "null_clock": self.null_clock,
                "bad_clock": self.bad_clock, "purged": self.purged}
+        if self.warnings:
+            doc["warnings"] = self.warnings
         if self.strategies:
             doc["strategies"] = self.strategies
         return doc

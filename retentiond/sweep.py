@@ -153,6 +153,10 @@ def _sweep_rule(app: App, plan: planner.RulePlan, result: RuleResult,
         path, msg = problems[0]
         at = app.policy.rules.index(rule)
         raise StoreError(f"rules[{at}] ({rule.id}).{path}: {msg}")
+    result.warnings = [f"rules[{app.policy.rules.index(rule)}] ({rule.id}).{path}: {msg}"
+                       for path, msg in adapter.warnings(rule, _ledgered(app), count_bad=False)]
+    for text in result.warnings:
+        log.warning("rule check", rule=rule.id, store=rule.store, warning=text)
     result.null_clock = adapter.count_null_clock(rule) if plan.time or plan.hold else 0
     result.bad_clock = adapter.count_bad_clock(rule) if plan.time or plan.hold else 0
     if result.bad_clock:
@@ -187,6 +191,18 @@ def _sweep_rule(app: App, plan: planner.RulePlan, result: RuleResult,
     _execute(adapter, planned, result, executor, tracker)
     if isolates and not executor.stopped:
         executor.purge(rule, _now(), result)
+
+
+def _ledgered(app: App) -> Callable[[str], bool]:
+    """Whether the ledger holds an anonymisation by a rule (asked only for anonymize rules)."""
+    def ask(rule_id: str) -> bool:
+        with app.state.connect() as conn:
+            entries = ledger.ledger_t
+            return conn.execute(select(entries.c.seq).where(
+                entries.c.rule == rule_id, entries.c.action == "anonymize").limit(1)
+            ).first() is not None
+
+    return ask
 
 
 def _now() -> datetime:

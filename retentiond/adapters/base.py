@@ -160,10 +160,13 @@ class Adapter(abc.ABC):
         sweep fails the rule alone on the first one. Default: none."""
         return []
 
-    def warnings(self, rule: Rule, ledgered: Callable[[str], bool]) -> list[Problem]:
-        """Live findings that do not stop the rule, for ``config validate`` (implausible or
-        unparseable clocks, a marker already set on most rows). ``ledgered(rule_id)`` says
-        whether the ledger holds an anonymisation by that rule. Default: none."""
+    def warnings(self, rule: Rule, ledgered: Callable[[str], bool], *,
+                 count_bad: bool = True) -> list[Problem]:
+        """Live findings that do not stop the rule, for ``config validate`` and the start of
+        every plan and run (implausible or unparseable clocks, a marker already set on most
+        rows). ``ledgered(rule_id)`` says whether the ledger holds an anonymisation by that
+        rule; ``count_bad=False`` skips the unparseable-clock count (a sweep counts those
+        itself). Default: none."""
         return []
 
     @abc.abstractmethod

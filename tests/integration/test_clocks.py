@@ -347,8 +347,15 @@ def test_a_clock_before_1971_is_implausible(store_db: Any, ws: Any) -> None:
     result = ws.invoke("config", "validate", "--json")
     assert result.code == 0, result.err
     young = YOUNG.isoformat(sep=" ", timespec="seconds")
-    assert result.json()["warnings"] == [
-        f"rules[0] (visits).clock: visits.seen ranges from 1970-01-01 00:00:01+00:00 to "
-        f"{young}: values before 1971 or more than a day in the future are implausible; "
-        "check that seen is the time the retention starts"]
+    warning = (f"rules[0] (visits).clock: visits.seen ranges from 1970-01-01 00:00:01+00:00 "
+               f"to {young}: values before 1971 or more than a day in the future are "
+               "implausible; check that seen is the time the retention starts")
+    assert result.json()["warnings"] == [warning]
+    # the same check at the start of every plan and run, in the rule's JSON and the log
+    for command in ("plan", "run"):
+        swept = ws.invoke(command, "--json")
+        assert swept.code == 0, swept.err
+        [rule] = swept.json()["rules"]
+        assert rule["warnings"] == [warning]
+        assert '"event": "rule check"' in swept.err
     engine.dispose()
