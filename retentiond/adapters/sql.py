@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -161,7 +161,8 @@ class SqlAdapter(SqlChecks, SqlActions, Adapter):
 
     def key(self, rule: Rule, table: sa.Table | None = None) -> Key:
         """The rule's key columns in ``table`` (default: the rule's table)."""
-        return Key(self.table(rule) if table is None else table, rule.key_columns)
+        return Key(self.table(rule) if table is None else table, rule.key_columns,
+                   self.engine.dialect)
 
     # -- live validation ----------------------------------------------------------------------
     def validate(self, rule: Rule) -> list[Problem]:
@@ -301,7 +302,7 @@ class SqlAdapter(SqlChecks, SqlActions, Adapter):
         table = self.table(rule)
         key = self.key(rule, table)
         n = len(key.columns)
-        cols = [*key.columns] + ([table.c[rule.subject]] if rule.subject else [])
+        cols = [*key.read] + ([table.c[rule.subject]] if rule.subject else [])
         base = sa.select(*cols).where(self.predicate(selection, table)).order_by(*key.order)
         last: Any = None
         while True:
@@ -340,10 +341,15 @@ class SqlAdapter(SqlChecks, SqlActions, Adapter):
                            for c, v in zip(keys.columns, key, strict=True))]
         else:
             value = coerce(keys.columns[0], [key])
+            # A SQLite date/time key: the time given, in any stored form (not a time: the
+            # text as given).
+            with suppress(ValueError):
+                if keys.raw and value:
+                    value = [coerce_key(keys.columns[0], str(key), self.policy.tz)]
         if not value:
             return None
         with self._errors(f"reading {table.name}"), self.engine.connect() as conn:
-            row = conn.execute(sa.select(*cols, *keys.columns).where(keys.eq(value[0]))).first()
+            row = conn.execute(sa.select(*cols, *keys.read).where(keys.eq(value[0]))).first()
         if row is None:
             return None
         clocks, matches, marked = {}, {}, {}

@@ -78,12 +78,12 @@ class SqlActions:
             _take_write_lock(conn, table, marker)
             if not computed:
                 return _update_returning(conn, table, key, where, fixed)
-            rows = conn.execute(sa.select(*key.columns, *(table.c[c] for c in computed))
+            rows = conn.execute(sa.select(*key.read, *(table.c[c] for c in computed))
                                 .where(where).with_for_update()).all()
             n = len(key.columns)
             if rows:
                 stmt = sa.update(table).where(*(c == sa.bindparam(f"_key_{i}")
-                                                for i, c in enumerate(key.columns))).values(
+                                                for i, c in enumerate(key.cmp))).values(
                     **fixed, **{c: sa.bindparam(f"_new_{c}") for c in computed})
                 conn.execute(stmt, [{**{f"_key_{i}": r[i] for i in range(n)},
                                      **{f"_new_{c}": fn(r[n + i])
@@ -145,7 +145,7 @@ class SqlActions:
                          sa.literal(rule.id, sa.String), sa.literal(purge_after, sa.DateTime))
         with self._errors(f"isolating {table.name}"), self.engine.begin() as conn:
             _take_write_lock(conn, table, key.columns[0])
-            locked = key.values(conn.execute(sa.select(*key.columns).where(where)
+            locked = key.values(conn.execute(sa.select(*key.read).where(where)
                                              .with_for_update()).all())
             if locked:
                 taken = key.in_(conn.dialect.name, locked)
@@ -197,8 +197,8 @@ class SqlActions:
         iso = self.isolated_table(rule)
         if iso is None:
             return
-        key = Key(iso, rule.key_columns)
-        base = (sa.select(*key.columns).distinct().where(*_purgeable(iso, rule, now))
+        key = Key(iso, rule.key_columns, self.engine.dialect)
+        base = (sa.select(*key.read).distinct().where(*_purgeable(iso, rule, now))
                 .order_by(*key.order))
         last: Any = None
         while True:
@@ -216,11 +216,11 @@ class SqlActions:
         iso = self.isolated_table(rule)
         if iso is None or not keys:
             return []
-        key = Key(iso, rule.key_columns)
+        key = Key(iso, rule.key_columns, self.engine.dialect)
         where = sa.and_(key.in_(self.engine.dialect.name, keys), *_purgeable(iso, rule, now))
         with self._errors(f"purging {iso.name}"), self.engine.begin() as conn:
             _take_write_lock(conn, iso, key.columns[0])
-            locked = sorted(set(key.values(conn.execute(sa.select(*key.columns).where(where)
+            locked = sorted(set(key.values(conn.execute(sa.select(*key.read).where(where)
                                                         .with_for_update()).all())))
             if locked:
                 conn.execute(sa.delete(iso).where(where))
@@ -232,8 +232,8 @@ class SqlActions:
         table = self.isolated_table(rule) if action == "purge" else self.table(rule)
         if table is None:
             return []
-        key = Key(table, rule.key_columns)
-        base = sa.select(*key.columns).order_by(*key.order)
+        key = Key(table, rule.key_columns, self.engine.dialect)
+        base = sa.select(*key.read).order_by(*key.order)
         if action == "anonymize" and rule.anonymize:
             base = base.where(table.c[rule.anonymize.marker].is_(None))
         found: list[Any] = []
@@ -333,8 +333,8 @@ def _update_returning(conn: Connection, table: sa.Table, key: Key,
                       where: sa.ColumnElement[bool], values: dict[str, Any]) -> list[Any]:
     if conn.dialect.update_returning:
         return key.values(conn.execute(sa.update(table).where(where).values(**values)
-                                       .returning(*key.columns)).all())
-    locked = key.values(conn.execute(sa.select(*key.columns).where(where).with_for_update())
+                                       .returning(*key.read)).all())
+    locked = key.values(conn.execute(sa.select(*key.read).where(where).with_for_update())
                         .all())
     if locked:
         conn.execute(sa.update(table).where(key.in_(conn.dialect.name, locked))

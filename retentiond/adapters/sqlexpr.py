@@ -4,48 +4,173 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, time
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.exc import OperationalError
 
 from retentiond.adapters.base import Filter, NextBatch
+
+
+class StoredDatetime(datetime):
+    """A datetime key component read raw from SQLite, with ``stored``, the text the row holds
+    (``2010-01-01 00:00:00`` or ``2010-01-01 00:00:00.000000``): it is bound back as that text,
+    byte for byte, while it compares, hashes, prints and is referenced as the datetime."""
+
+    __slots__ = ("stored",)
+    stored: str
+
+
+class StoredDate(date):
+    """A date key component read raw from SQLite (see :class:`StoredDatetime`)."""
+
+    __slots__ = ("stored",)
+    stored: str
+
+
+class StoredTime(time):
+    """A time key component read raw from SQLite (see :class:`StoredDatetime`)."""
+
+    __slots__ = ("stored",)
+    stored: str
+
+
+def _stored(value: Any, raw: str) -> Any:
+    """``value`` (what the column's type made of ``raw``) carrying ``raw``."""
+    out: Any
+    if isinstance(value, datetime):
+        out = StoredDatetime(value.year, value.month, value.day, value.hour, value.minute,
+                             value.second, value.microsecond, value.tzinfo, fold=value.fold)
+    elif isinstance(value, date):
+        out = StoredDate(value.year, value.month, value.day)
+    elif isinstance(value, time):
+        out = StoredTime(value.hour, value.minute, value.second, value.microsecond,
+                         value.tzinfo, fold=value.fold)
+    else:
+        return value
+    out.stored = raw
+    return out
+
+
+def text_forms(value: Any) -> list[str]:
+    """The texts a SQLite date/time column may hold for ``value`` (a key typed on the command
+    line): ``YYYY-MM-DD HH:MM:SS`` (raw SQL, ``CURRENT_TIMESTAMP``, Django), with ``.ffffff``
+    (SQLAlchemy), ``.fff`` (milliseconds), or a ``T`` separator; a date as ``YYYY-MM-DD``; a
+    time as ``HH:MM:SS[.ffffff]``. Any other value: its own text."""
+    if isinstance(value, datetime):
+        days, clock = value.strftime("%Y-%m-%d"), value.strftime("%H:%M:%S")
+        return [f"{days}{sep}{clock}{frac}" for sep in (" ", "T")
+                for frac in _fractions(value.microsecond)]
+    if isinstance(value, date):
+        return [value.isoformat()]
+    if isinstance(value, time):
+        return [value.strftime("%H:%M:%S") + frac for frac in _fractions(value.microsecond)]
+    return [str(value)]
+
+
+def _fractions(micro: int) -> list[str]:
+    forms = [f".{micro:06d}"]
+    if micro % 1000 == 0:
+        forms.append(f".{micro // 1000:03d}")
+    if micro == 0:
+        forms.append("")
+    return forms
 
 
 class Key:
     """The key columns of a table as a rule names them, and the SQL over them. A key value is
     the column's value for one column and a tuple (in the rule's column order) for several;
     batches run in ascending key order (``ORDER BY a, b``), continue with a row-value
-    comparison (``(a, b) > (:a, :b)``) and select a batch with ``(a, b) IN (...)``."""
+    comparison (``(a, b) > (:a, :b)``) and select a batch with ``(a, b) IN (...)``.
 
-    def __init__(self, table: sa.Table, names: Sequence[str]) -> None:
+    On SQLite a date, time or timestamp key column is read raw (the text the row holds) and
+    bound back raw: SQLite compares the text, and the same instant is stored as ``2010-01-01
+    00:00:00`` by raw SQL, ``CURRENT_TIMESTAMP`` or Django and as ``2010-01-01 00:00:00.000000``
+    by SQLAlchemy. Typed, a key read back would be re-bound in SQLAlchemy's form and no longer
+    equal the row it was read from (``IN`` misses it, ``(a, b) > (last)`` skips every later
+    row of its date). The value handed out is still the column type's value (the datetime a
+    typed read gave, so references do not change) as a :class:`StoredDatetime` (``Date``,
+    ``Time``) carrying the stored text; a text the type cannot parse stays the text."""
+
+    def __init__(self, table: sa.Table, names: Sequence[str],
+                 dialect: Dialect | None = None) -> None:
         self.columns: tuple[sa.Column[Any], ...] = tuple(table.c[n] for n in names)
         self.composite = len(self.columns) > 1
+        raw = dialect is not None and dialect.name == "sqlite"
+        self._parse: tuple[Callable[[Any], Any] | None, ...] = tuple(
+            (c.type.dialect_impl(dialect).result_processor(dialect, None) or (lambda v: v))
+            if raw and dialect is not None and isinstance(c.type, sa.DateTime | sa.Date | sa.Time)
+            else None for c in self.columns)
+        self.raw = any(p is not None for p in self._parse)
+        # The key columns to select (RETURNING) and compare with bound key values: a raw one
+        # as text (type_coerce renders the bare column; SQLite's comparisons are unchanged).
+        self.read: tuple[sa.ColumnElement[Any], ...] = tuple(
+            sa.type_coerce(c, sa.String).label(c.name) if p is not None else c
+            for c, p in zip(self.columns, self._parse, strict=True))
+        self.cmp: tuple[sa.ColumnElement[Any], ...] = tuple(
+            sa.type_coerce(c, sa.String) if p is not None else c
+            for c, p in zip(self.columns, self._parse, strict=True))
 
     @property
     def order(self) -> list[sa.Column[Any]]:
         return list(self.columns)
 
+    def _load(self, i: int, raw: Any) -> Any:
+        parse = self._parse[i]
+        if parse is None or not isinstance(raw, str):
+            return raw
+        try:
+            return _stored(parse(raw), raw)
+        except ValueError:
+            return raw
+
+    def _bind(self, i: int, value: Any) -> Any:
+        """A component as bound: a raw column's stored text (a value not read from the store,
+        a plain datetime, in the column type's own form, as a typed bind would give)."""
+        if self._parse[i] is None or not isinstance(value, date | time):
+            return value
+        stored = getattr(value, "stored", None)
+        if stored is not None:
+            return stored
+        return _typed_text(self.columns[i], value)
+
+    def params(self, key: Any) -> Any:
+        """A key value as bound against :attr:`read`'s columns."""
+        if not self.raw:
+            return key
+        if not self.composite:
+            return self._bind(0, key)
+        return tuple(self._bind(i, v) for i, v in enumerate(key))
+
     def after(self, last: Any) -> sa.ColumnElement[bool]:
         """Records with keys above ``last``."""
+        last = self.params(last)
         if not self.composite:
-            above: sa.ColumnElement[bool] = self.columns[0] > last
+            above: sa.ColumnElement[bool] = self.cmp[0] > last
             return above
         return sa.tuple_(*self.columns) > sa.tuple_(*(
-            sa.literal(v, c.type) for c, v in zip(self.columns, last, strict=True)))
+            sa.literal(v, sa.String() if p is not None else c.type)
+            for c, p, v in zip(self.columns, self._parse, last, strict=True)))
 
     def eq(self, value: Any) -> sa.ColumnElement[bool]:
-        if not self.composite:
-            same: sa.ColumnElement[bool] = self.columns[0] == value
-            return same
-        return sa.and_(*(c == v for c, v in zip(self.columns, value, strict=True)))
+        """The record with key ``value`` (typed, as :func:`coerce_key` gives it): a raw
+        column's component matches any of its :func:`text_forms`."""
+        parts = [value] if not self.composite else list(value)
+        conds: list[sa.ColumnElement[bool]] = [
+            cmp.in_(text_forms(v)) if p is not None and not isinstance(v, str) else cmp == v
+            for cmp, p, v in zip(self.cmp, self._parse, parts, strict=True)]
+        return sa.and_(*conds)
 
     def value(self, row: Sequence[Any], at: int = 0) -> Any:
-        """The key value in a result row whose key columns start at ``at``."""
-        return tuple(row[at:at + len(self.columns)]) if self.composite else row[at]
+        """The key value in a result row whose key columns (:attr:`read`) start at ``at``."""
+        if not self.raw:
+            return tuple(row[at:at + len(self.columns)]) if self.composite else row[at]
+        if not self.composite:
+            return self._load(0, row[at])
+        return tuple(self._load(i, row[at + i]) for i in range(len(self.columns)))
 
     def values(self, rows: Sequence[Sequence[Any]]) -> list[Any]:
         return [self.value(r) for r in rows]
@@ -55,7 +180,7 @@ class Key:
         ``(a, b) IN (SELECT * FROM unnest(:a_values, :b_values))``, one array per column;
         elsewhere a row-value IN, ``(a, b) IN (VALUES (?, ?), ...)`` on SQLite."""
         if not self.composite:
-            return keys_in(dialect, self.columns[0], keys)
+            return keys_in(dialect, self.cmp[0], [self.params(k) for k in keys])
         if dialect == "postgresql":
             from sqlalchemy.dialects.postgresql import ARRAY
 
@@ -64,10 +189,20 @@ class Key:
             rows = sa.func.unnest(*arrays).table_valued(
                 *(f"k{i}" for i in range(len(self.columns)))).render_derived("batch")
             return sa.tuple_(*self.columns).in_(sa.select(*rows.c))
-        return sa.tuple_(*self.columns).in_([tuple(k) for k in keys])
+        return sa.tuple_(*self.cmp).in_([tuple(self.params(k)) for k in keys])
 
 
-def keys_in(dialect: str, key: sa.Column[Any], keys: Sequence[Any]) -> sa.ColumnElement[bool]:
+def _typed_text(column: sa.Column[Any], value: Any) -> Any:
+    """``value`` as SQLAlchemy's type for ``column`` writes it on SQLite."""
+    from sqlalchemy.dialects import sqlite
+
+    dialect = sqlite.dialect()
+    process = column.type.dialect_impl(dialect).bind_processor(dialect)
+    return process(value) if process is not None else value
+
+
+def keys_in(dialect: str, key: sa.ColumnElement[Any], keys: Sequence[Any]
+            ) -> sa.ColumnElement[bool]:
     """``key IN (keys)`` for a batch. On PostgreSQL one array parameter, ``key = ANY(:keys)``:
     an expanding IN renders, ships, parses and plans a 5000-placeholder statement per batch."""
     if dialect == "postgresql":
@@ -80,9 +215,9 @@ def keys_in(dialect: str, key: sa.Column[Any], keys: Sequence[Any]) -> sa.Column
 def delete_returning(conn: Connection, table: sa.Table, key: Key,
                      where: sa.ColumnElement[bool]) -> list[Any]:
     if conn.dialect.delete_returning:
-        return key.values(conn.execute(sa.delete(table).where(where).returning(*key.columns))
+        return key.values(conn.execute(sa.delete(table).where(where).returning(*key.read))
                           .all())
-    locked = key.values(conn.execute(sa.select(*key.columns).where(where).with_for_update())
+    locked = key.values(conn.execute(sa.select(*key.read).where(where).with_for_update())
                         .all())
     if locked:
         conn.execute(sa.delete(table).where(key.in_(conn.dialect.name, locked)))
@@ -126,7 +261,9 @@ def take_next(conn: Connection, dml: Any, key: Key, pick: sa.Select[Any]) -> Nex
         return NextBatch(disposed, next((key.value(r) for r in rows if r[n] == 0), None))
     chosen = (sa.tuple_(*key.columns).in_(pick) if key.composite
               else key.columns[0].in_(pick.scalar_subquery()))
-    keys = sorted(key.values(conn.execute(dml.where(chosen).returning(*key.columns)).all()))
+    # In the store's order (a raw key's stored text), so the last is where the pick stopped.
+    keys = sorted(key.values(conn.execute(dml.where(chosen).returning(*key.read)).all()),
+                  key=key.params)
     return NextBatch(keys, keys[-1] if keys else None)
 
 

@@ -73,7 +73,15 @@ def key_text(key: Any) -> str:
     """The text a record reference is computed over: ``str(key)`` for a one-column key (as it
     always was, so existing ledgers keep verifying and replaying), and for a composite key
     (a tuple) the compact JSON array of its components' canonical texts (:func:`_component`),
-    e.g. ``["2024-01-03T10:00:00","17"]``."""
+    e.g. ``["2024-01-03T10:00:00","17"]``.
+
+    A date/time key component is the column type's value, never the text the store holds: on
+    SQLite, where the sql adapter reads such key columns raw (to bind them back byte for
+    byte), ``2010-01-01 00:00:00`` (raw SQL, ``CURRENT_TIMESTAMP``, Django) and ``2010-01-01
+    00:00:00.000000`` (SQLAlchemy) are both the datetime 2010-01-01 00:00, so a reference is
+    ``["2010-01-01T00:00:00",...]`` for a composite key and ``str(datetime)``, ``2010-01-01
+    00:00:00``, for a one-column key (what ledgers written before hold), on every path: scan,
+    ``RETURNING``, ``explain``, replay and reconciliation."""
     if isinstance(key, tuple):
         return json.dumps([_component(v) for v in key], separators=(",", ":"),
                           ensure_ascii=False)

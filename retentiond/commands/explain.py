@@ -109,8 +109,10 @@ def _document(app: App, rule: Rule, key: str, *, facts: planner.Facts, sit: plan
         holds.append(h)
     return {
         "rule": rule.id, "store": rule.store, "target": rule.target, "key": key,
+        # The key as read from the store: the reference the ledger holds for the record,
+        # whichever form --key gave (2010-01-01T00:00:00 for a stored 2010-01-01 00:00:00).
         "record_ref": refs.record(rule.store, rule.target,
-                                  facts.key if rule.composite_key else key),
+                                  key if facts.key is None else facts.key),
         "subject_ref": subject_ref,
         "as_of": _iso(sit.now, tz),
         "clock": _iso(facts.clocks.get(rule.id), tz),
