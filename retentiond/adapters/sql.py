@@ -30,7 +30,7 @@ from sqlalchemy.exc import DBAPIError, NoSuchTableError, OperationalError
 from retentiond.adapters.base import Adapter, Candidate, NextBatch, Problem, Selection
 from retentiond.adapters.sql_actions import SqlActions, isolated_name
 from retentiond.adapters.sql_checks import SqlChecks
-from retentiond.adapters.sqlclock import BadClock, bad, clock_instant, clock_parts
+from retentiond.adapters.sqlclock import BadClock, bad, clock_instant, clock_parts, real_time
 from retentiond.adapters.sqlexpr import (
     Clause,
     Key,
@@ -290,8 +290,12 @@ class SqlAdapter(SqlChecks, SqlActions, Adapter):
             return 0
         table = self.table(rule)
         now = datetime.now(UTC).astimezone(self.policy.tz)
+        clock = table.c[rule.clock]
+        # Not a bad clock: on MariaDB IS NULL matches a zero date in a NOT NULL column.
+        broken = bad(clock, self.engine.dialect.name)
+        unbroken = [] if broken is None else [sa.case((broken, 1), else_=0) == 0]
         q = sa.select(sa.func.count()).select_from(table).where(
-            table.c[rule.clock].is_(None), *self._match_only(rule, table, now))
+            clock.is_(None), *unbroken, *self._match_only(rule, table, now))
         with self._errors(f"counting {table.name}"), self.engine.connect() as conn:
             return int(conn.execute(q).scalar_one())
 
@@ -324,12 +328,18 @@ class SqlAdapter(SqlChecks, SqlActions, Adapter):
         keys = self.key(first, table)
         now = datetime.now(UTC).astimezone(self.policy.tz)
         cols: list[Any] = [table.c[first.subject] if first.subject else sa.null()]
+        flags: list[Any] = []  # per rule: a typed clock that is no real time (sqlclock)
         for rule in rules:
             # Raw text: a clock that does not parse is reported, not a crash in the driver.
-            cols.append(sa.type_coerce(table.c[rule.clock], sa.String) if rule.clock
-                        and not isinstance(table.c[rule.clock].type, sa.Integer)
-                        and self.engine.dialect.name == "sqlite"
-                        else table.c[rule.clock] if rule.clock else sa.null())
+            read = (sa.type_coerce(table.c[rule.clock], sa.String) if rule.clock
+                    and not isinstance(table.c[rule.clock].type, sa.Integer)
+                    and self.engine.dialect.name == "sqlite"
+                    else table.c[rule.clock] if rule.clock else sa.null())
+            # ±infinity, a zero date: flagged bad and read as NULL (psycopg raises on them).
+            real = (real_time(table.c[rule.clock], self.engine.dialect.name) if rule.clock
+                    else None)
+            flags.append(sa.false() if real is None else sa.not_(real))
+            cols.append(read if real is None else sa.case((real, read)))
             cols.append(sa.case((sa.and_(sa.true(), *self._match_only(rule, table, now)), 1),
                                 else_=0))
             anonymizes = rule.anonymize is not None and rule.action == "anonymize"
@@ -349,14 +359,18 @@ class SqlAdapter(SqlChecks, SqlActions, Adapter):
         if not value:
             return None
         with self._errors(f"reading {table.name}"), self.engine.connect() as conn:
-            row = conn.execute(sa.select(*cols, *keys.read).where(keys.eq(value[0]))).first()
+            row = conn.execute(sa.select(*cols, *keys.read, *flags)
+                               .where(keys.eq(value[0]))).first()
         if row is None:
             return None
         clocks, matches, marked = {}, {}, {}
         broken: set[str] = set()
+        unreal = row[len(row) - len(rules):]
         for i, rule in enumerate(rules):
             raw = row[1 + 3 * i]
             try:
+                if unreal[i]:
+                    raise BadClock("the clock is no real time")
                 clocks[rule.id] = clock_instant(raw, rule.clock_format, self.policy.tz)
             except BadClock:
                 clocks[rule.id] = None

@@ -22,6 +22,7 @@ import sqlalchemy as sa
 from retentiond.adapters.base import Problem
 from retentiond.adapters.sqlclock import (
     BadClock,
+    can_be_bad,
     clock_instant,
     clock_range,
     implausible,
@@ -107,9 +108,10 @@ class SqlChecks:
         out: list[Problem] = []
         broken = self.count_bad_clock(rule) if count_bad else 0
         if broken:
-            out.append(("clock", f"{broken} records have a {where} that does not parse as "
-                        f"{TEXT_FORM}; they are never due by time (plan and run count them "
-                        "bad_clock)"))
+            what = (f"does not parse as {TEXT_FORM}" if can_be_bad(clock, self.engine.dialect.name)
+                    else "is no real time (a zero date or ±infinity)")
+            out.append(("clock", f"{broken} records have a {where} that {what}; they are never "
+                        "due by time (plan and run count them bad_clock)"))
         now = datetime.now(UTC)
         local = now.astimezone(self.policy.tz)
         dialect = self.engine.dialect.name
@@ -122,7 +124,8 @@ class SqlChecks:
             try:
                 value = clock_instant(raw, rule.clock_format, self.policy.tz)
             except BadClock:  # an integer too large for a date
-                shown_values.append(f"{raw} ({rule.clock_format})")
+                shown_values.append(f"{raw} ({rule.clock_format})" if rule.clock_format
+                                    else str(raw))
                 odd = True
                 continue
             assert value is not None

@@ -9,6 +9,10 @@ compared, and the checks that catch a rule silently doing nothing (or everything
   value (``n/a``, ``''``, ``01/02/2020``, a ``T`` separator, an offset) is a *bad clock*: never
   due by time, always protected by a floor, counted ``bad_clock``. On SQLite, ``DATETIME`` and
   ``DATE`` columns are text too (and may hold anything), so they get the same treatment.
+* Typed clocks that hold no real time are bad clocks too: PostgreSQL ``-infinity`` and
+  ``infinity``, and MySQL/MariaDB dates before 1000-01-01 (``0000-00-00``, the legacy default
+  for "not closed yet") or with a zero month or day (``2019-00-00``). Compared as they are,
+  ``-infinity`` and a zero date are before every cutoff: the record would be deleted.
 * An anonymisation marker must only ever be set by retentiond: a server default, ``ON UPDATE``
   or a trigger that writes it makes rows look anonymised when they are not.
 """
@@ -52,11 +56,32 @@ def can_be_bad(column: sa.Column[Any], dialect: str) -> bool:
     return isinstance(column.type, sa.String) or dialect == "sqlite"
 
 
-def well_formed(column: sa.Column[Any], dialect: str) -> sa.ColumnElement[bool] | None:
-    """SQL true when the clock is text of the form retentiond compares; None when the column
-    cannot hold anything else (typed timestamps, dates and integers)."""
-    if not can_be_bad(column, dialect):
+def real_time(column: sa.Column[Any], dialect: str) -> sa.ColumnElement[bool] | None:
+    """SQL true when a typed timestamp or date holds a real time; None when every value of the
+    column is one. False for PostgreSQL ``±infinity`` and for MySQL/MariaDB zero dates
+    (``0000-00-00``, also ``2019-00-00`` or ``2019-01-00``; before 1000-01-01 in general),
+    which MariaDB's default sql_mode accepts. NULL gives true (it is no clock, not a bad one).
+    (On MariaDB ``IS NULL`` also matches a zero date in a NOT NULL column: compare, never
+    test for NULL.)"""
+    if not isinstance(column.type, sa.DateTime | sa.Date):
         return None
+    if dialect == "postgresql":
+        return sa.func.coalesce(sa.func.isfinite(column), sa.true(), type_=sa.Boolean)
+    if dialect in ("mysql", "mariadb"):
+        lowest = (datetime(1000, 1, 1) if isinstance(column.type, sa.DateTime)
+                  else date(1000, 1, 1))
+        zero = sa.or_(column < lowest, sa.func.month(column) == 0,
+                      sa.func.dayofmonth(column) == 0)
+        return sa.case((zero, 0), else_=1) == 1
+    return None
+
+
+def well_formed(column: sa.Column[Any], dialect: str) -> sa.ColumnElement[bool] | None:
+    """SQL true when the clock is text of the form retentiond compares, or a typed time that
+    is a real time (:func:`real_time`); None when the column cannot hold anything else
+    (integers; timestamps and dates where the database has no placeholder values)."""
+    if not can_be_bad(column, dialect):
+        return real_time(column, dialect)
     if dialect == "sqlite":
         # GLOB for the shape, datetime() for the ranges (month 13 is NULL), the hour by hand.
         # Ordered so the common forms cost one GLOB each: this runs on every due row.
@@ -71,7 +96,12 @@ def well_formed(column: sa.Column[Any], dialect: str) -> sa.ColumnElement[bool] 
                               column.op("GLOB")(full), column.op("GLOB")(_GLOB_DATE),
                               fraction),
                        sa.func.substr(column, 12, 2) < "24")
-    return column.regexp_match(_SQL_PATTERN)
+    shaped = column.regexp_match(_SQL_PATTERN)
+    if dialect in ("mysql", "mariadb"):
+        # REGEXP's $ also matches before a trailing line break ('2010-01-01\n'): no character
+        # outside the form may occur anywhere.
+        return sa.and_(shaped, sa.not_(column.regexp_match("[^-0-9 :.]")))
+    return shaped
 
 
 def bad(column: sa.Column[Any], dialect: str) -> sa.ColumnElement[bool] | None:
