@@ -142,10 +142,11 @@ def _time_exclusions(rule: Rule, sit: Situation, *, holds: bool = True
     out: list[Selection] = []
     for y in overlapping(rule, sit.rules):
         if holds and sit.holds.blanket(y):
-            out.append(_match(y, sit))
+            out.append(_match(y, sit, protects=True))
         elif y.keep_for is not None and y.clock:
-            out.append(_match(y, sit, clock_after=due_cutoff(sit.local_now, y.keep_for)))
-            out += [_match(y, sit, clock_within=gap)
+            out.append(_match(y, sit, clock_after=due_cutoff(sit.local_now, y.keep_for),
+                              protects=True))
+            out += [_match(y, sit, clock_within=gap, protects=True)
                     for gap in due_gaps(sit.local_now, y.keep_for)]
         if y.dispose_after is not None and y.clock and earlier_due(y, rule, order):
             ysel = time_selection(y, sit.now, sit.tz)
@@ -156,14 +157,18 @@ def _time_exclusions(rule: Rule, sit: Situation, *, holds: bool = True
 
 def _erasure_exclusions(rule: Rule, sit: Situation) -> tuple[Selection, ...]:
     """What other rules of the table keep from ``rule``'s erasures: a legal obligation, a hold
-    on them, or an earlier rule that removes the record for the same request first."""
+    on them, or an earlier rule that removes the record for the same request first. The first
+    two protect (a record whose match value does not parse counts as theirs); the earlier rule
+    takes only the records it does match, the others stay this rule's to erase."""
     order = {r.id: i for i, r in enumerate(sit.rules)}
-    return tuple(_match(y, sit) for y in overlapping(rule, sit.rules)
-                 if y.on_erasure == "keep" or sit.holds.blanket(y) or (
-                     y.subject and y.subject == rule.subject
-                     and y.subject_kind == rule.subject_kind
-                     and y.erasure_action in ("delete", "isolate")
-                     and order[y.id] < order[rule.id]))
+    out: list[Selection] = []
+    for y in overlapping(rule, sit.rules):
+        if y.on_erasure == "keep" or sit.holds.blanket(y):
+            out.append(_match(y, sit, protects=True))
+        elif (y.subject and y.subject == rule.subject and y.subject_kind == rule.subject_kind
+              and y.erasure_action in ("delete", "isolate") and order[y.id] < order[rule.id]):
+            out.append(_match(y, sit))
+    return tuple(out)
 
 
 def _held_erasure_exclusions(rule: Rule, sit: Situation) -> tuple[Selection, ...]:
@@ -264,11 +269,15 @@ def reapply_holds(sel: Selection, holds: ActiveHolds) -> Selection | None:
 # -- one record, for explain and the property tests -------------------------------------------
 @dataclass(frozen=True)
 class Facts:
-    """One record as every rule of its table sees it. Clocks are aware datetimes (or None)."""
+    """One record as every rule of its table sees it. Clocks are aware datetimes (or None).
+    ``unreadable_matches``: rules whose ``older_than``/``newer_than`` value does not parse on
+    this record; such a rule does not match it (never disposes it) but its floor, a hold on it
+    and its ``on_erasure: keep`` still protect it (see ``sqlexpr.filter_expr``)."""
 
     subject: str | None
     clocks: dict[str, datetime | None]
     matches: dict[str, bool]
+    unreadable_matches: frozenset[str] = frozenset()
     marked: dict[str, bool] = field(default_factory=dict)
     bad_clocks: frozenset[str] = frozenset()  # rules whose clock is set but does not parse
     key: Any = None  # the record's key as the store holds it (a tuple for composite keys)
@@ -293,10 +302,15 @@ class Verdict:
 def decide(rule: Rule, facts: Facts, sit: Situation) -> Verdict:
     """What a sweep at ``sit.now`` does to this record under ``rule`` (SPEC 3.2)."""
     if not facts.matches.get(rule.id):
-        return Verdict(rule.id, "not-matched", why="the record does not match this rule")
+        why = ("a match value (older_than/newer_than) does not parse: this rule does not apply"
+               if rule.id in facts.unreadable_matches
+               else "the record does not match this rule")
+        return Verdict(rule.id, "not-matched", why=why)
     if facts.marked.get(rule.id):
         return Verdict(rule.id, "done", why="already anonymised (marker set)")
-    others = [y for y in overlapping(rule, sit.rules) if facts.matches.get(y.id)]
+    # Rules that may protect the record: an unreadable match value counts as matching.
+    others = [y for y in overlapping(rule, sit.rules)
+              if facts.matches.get(y.id) or y.id in facts.unreadable_matches]
     if verdict := _held(rule, facts, sit, others) or _requested(rule, facts, sit, others):
         return _dated(verdict, rule, facts, sit)  # what time alone would say, for explain
     return _by_time(rule, facts, sit, others)
@@ -370,7 +384,8 @@ def _by_time(rule: Rule, facts: Facts, sit: Situation, others: list[Rule]) -> Ve
                            why=f"rule {y.id}'s floor (keep_for {y.keep_for}) still protects it")
     for y in others:
         yclock = facts.clocks.get(y.id)
-        if (y.dispose_after is not None and yclock is not None and not facts.marked.get(y.id)
+        if (facts.matches.get(y.id) and y.dispose_after is not None and yclock is not None
+                and not facts.marked.get(y.id)
                 and now >= add(yclock.astimezone(sit.tz), y.dispose_after)
                 and earlier_due(y, rule, order)):
             return Verdict(rule.id, "superseded", due_at=due_at, floor_until=floor, by=y.id,

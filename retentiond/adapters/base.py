@@ -80,6 +80,9 @@ class Selection:
     exclude: tuple[Selection, ...] = ()
     purge_after: datetime | None = None  # isolate: when the isolated copy is purged
     unconditional: bool = False  # replay: dispose the given keys whatever the rule's filters
+    # A protection (a floor, a hold, on_erasure: keep): a record whose older_than/newer_than
+    # value does not parse counts as matched, so the protection covers it (filter_expr).
+    protects: bool = False
     subject_ref: str | None = None
     detail: dict[str, Any] = field(default_factory=dict)
 

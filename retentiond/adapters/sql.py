@@ -245,7 +245,9 @@ class SqlAdapter(SqlChecks, SqlActions, Adapter):
             return sa.and_(sa.true(), *parts)
         if rule.clock:
             parts += clock_parts(table.c[rule.clock], sel, self.engine.dialect.name)
-        parts += [filter_expr(table.c[f.column], f) for f in sel.filters]
+        dialect = self.engine.dialect.name
+        parts += [filter_expr(table.c[f.column], f, dialect, protects=sel.protects)
+                  for f in sel.filters]
         if rule.where:
             parts.append(where_text(rule.where))
         for other in sel.exclude:
@@ -253,10 +255,12 @@ class SqlAdapter(SqlChecks, SqlActions, Adapter):
             parts.append(sa.case((self.predicate(other, table), 1), else_=0) == 0)
         return sa.and_(sa.true(), *parts)
 
-    def _match_only(self, rule: Rule, table: sa.Table, now: datetime) -> list[Clause]:
+    def _match_only(self, rule: Rule, table: sa.Table, now: datetime, *,
+                    protects: bool = False) -> list[Clause]:
         from retentiond.planner import resolve_filters
 
-        parts: list[Clause] = [filter_expr(table.c[f.column], f)
+        dialect = self.engine.dialect.name
+        parts: list[Clause] = [filter_expr(table.c[f.column], f, dialect, protects=protects)
                                for f in resolve_filters(rule, now)]
         if rule.where:
             parts.append(where_text(rule.where))
@@ -340,8 +344,12 @@ class SqlAdapter(SqlChecks, SqlActions, Adapter):
                     else None)
             flags.append(sa.false() if real is None else sa.not_(real))
             cols.append(read if real is None else sa.case((real, read)))
-            cols.append(sa.case((sa.and_(sa.true(), *self._match_only(rule, table, now)), 1),
-                                else_=0))
+            # 1: matches; 2: only as a protection (an older_than/newer_than value that does
+            # not parse, see filter_expr); 0: does not match.
+            cols.append(sa.case(
+                (sa.and_(sa.true(), *self._match_only(rule, table, now)), 1),
+                (sa.and_(sa.true(), *self._match_only(rule, table, now, protects=True)), 2),
+                else_=0))
             anonymizes = rule.anonymize is not None and rule.action == "anonymize"
             marker = rule.anonymize.marker if rule.anonymize and anonymizes else None
             cols.append(table.c[marker].is_not(None) if marker else sa.false())
@@ -365,6 +373,7 @@ class SqlAdapter(SqlChecks, SqlActions, Adapter):
             return None
         clocks, matches, marked = {}, {}, {}
         broken: set[str] = set()
+        unreadable: set[str] = set()
         unreal = row[len(row) - len(rules):]
         for i, rule in enumerate(rules):
             raw = row[1 + 3 * i]
@@ -375,11 +384,13 @@ class SqlAdapter(SqlChecks, SqlActions, Adapter):
             except BadClock:
                 clocks[rule.id] = None
                 broken.add(rule.id)
-            matches[rule.id] = bool(row[2 + 3 * i])
+            matches[rule.id] = row[2 + 3 * i] == 1
+            if row[2 + 3 * i] == 2:
+                unreadable.add(rule.id)
             marked[rule.id] = bool(row[3 + 3 * i])
         subject = None if row[0] is None else str(row[0])
         return Facts(subject=subject, clocks=clocks, bad_clocks=frozenset(broken),
-                     matches=matches, marked=marked,
+                     matches=matches, unreadable_matches=frozenset(unreadable), marked=marked,
                      key=keys.value(row, 1 + 3 * len(rules)))
 
     # -- mutators -----------------------------------------------------------------------------

@@ -30,6 +30,7 @@ from retentiond.adapters.sqlclock import (
     marker_problems,
     shown,
 )
+from retentiond.adapters.sqltypes import type_name
 
 if TYPE_CHECKING:
     from contextlib import AbstractContextManager
@@ -57,7 +58,20 @@ class SqlChecks:
 
     def preflight(self, rule: Rule) -> list[Problem]:
         table = self.table(rule)
-        return self._clock_problems(rule, table) + self._marker_problems(rule, table)
+        return (self._clock_problems(rule, table) + self._match_problems(rule, table)
+                + self._marker_problems(rule, table))
+
+    def _match_problems(self, rule: Rule, table: sa.Table) -> list[Problem]:
+        """``older_than``/``newer_than`` on an integer column: clock_format does not apply to
+        match, and seconds, milliseconds or a year number read as epoch seconds would match
+        everything or nothing; retentiond does not guess."""
+        out: list[Problem] = []
+        for column, cond in rule.match.items():
+            col = table.c.get(column)
+            if cond.op in ("older_than", "newer_than") and col is not None and is_integer(col):
+                out.append((f"match.{column}", f"{cond.op} needs a timestamp, date or ISO 8601 "
+                            f"text column; {column} is {type_name(col.type)}"))
+        return out
 
     def _clock_problems(self, rule: Rule, table: sa.Table) -> list[Problem]:
         clock = table.c.get(rule.clock) if rule.clock else None

@@ -13,6 +13,7 @@ from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.exc import OperationalError
 
 from retentiond.adapters.base import Filter, NextBatch
+from retentiond.adapters.sqlclock import bad, well_formed
 
 
 class StoredDatetime(datetime):
@@ -307,7 +308,24 @@ def as_instant(raw: Any, column: sa.Column[Any] | None, tz: Any) -> datetime | N
     return value.replace(tzinfo=tz) if value.tzinfo is None else value
 
 
-def filter_expr(column: sa.Column[Any], f: Filter) -> sa.ColumnElement[bool]:
+def filter_expr(column: sa.Column[Any], f: Filter, dialect: str, *,
+                protects: bool = False) -> sa.ColumnElement[bool]:
+    """A resolved ``match`` condition in SQL.
+
+    ``older_than``/``newer_than`` (``le``/``gt``) follow the clock rules (:mod:`sqlclock`): a
+    text value that does not parse (``unknown``, ``01/02/2008``, a ``T`` separator) compares
+    as text and would land on either side of the bound by accident (``'u' > '2…'`` made every
+    ``unknown`` birth date a minor). Such a value's condition is *unknown*, and is read on the
+    safe side of what the selection is for:
+
+    * selecting records to dispose (and counting, explaining what a rule matches): unknown is
+      no match, the rule does not apply to the record, it is never disposed by it;
+    * ``protects`` (a selection that keeps records from another rule: a floor, a hold on the
+      rule, ``on_erasure: keep``): unknown is a match, the record stays protected as if the
+      rule applied. A record whose value cannot be read is kept, never disposed by a guess.
+
+    NULL stays no match either way (it is a known value: no date). Typed timestamps and dates
+    (``well_formed`` is None) cannot hold bad values and compare as they are."""
     ops: dict[str, Callable[[], sa.ColumnElement[bool]]] = {
         "eq": lambda: column == f.value,
         "in": lambda: column.in_(list(f.value)),
@@ -315,7 +333,15 @@ def filter_expr(column: sa.Column[Any], f: Filter) -> sa.ColumnElement[bool]:
         "le": lambda: column <= bound(column, f.value),
         "gt": lambda: column > bound(column, f.value),
     }
-    return ops[f.op]()
+    cond = ops[f.op]()
+    ok = well_formed(column, dialect) if f.op in ("le", "gt") else None
+    if ok is None:
+        return cond
+    if protects:
+        broken = bad(column, dialect)
+        assert broken is not None
+        return sa.or_(sa.and_(cond, ok), broken)
+    return sa.and_(cond, ok)
 
 
 _CANONICAL_INT = re.compile(r"-?(0|[1-9][0-9]*)")
