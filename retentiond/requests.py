@@ -57,16 +57,15 @@ class RequestTracker:
                 self.failed_ids.add(q.id)
 
     def settle(self, state: Engine, run_id: str) -> None:
-        """After a real sweep over every rule: close what is complete, note progress."""
+        """After a real sweep over every rule: close what is complete, note progress. Both
+        merge this sweep's outcome into the stored one, so a request served over several
+        sweeps keeps (and ledgers, when it closes) everything that was done for it."""
         for q in self.requests:
             outcome = self.outcome[q.id]
             if q.id in self.blocked_ids or q.id in self.failed_ids:
                 cases.record_progress(state, q.id, outcome)
                 continue
-            kept = any(v.get("kept") for v in outcome.values())
-            status = "partial" if kept else "done"
-            cases.complete_request(state, q, status, outcome, run_id)
-            self.status[q.id] = status
+            self.status[q.id] = cases.complete_request(state, q, outcome, run_id)
 
     def as_json(self, now: datetime) -> list[dict[str, Any]]:
         out = []

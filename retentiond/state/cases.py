@@ -113,23 +113,57 @@ def open_requests(engine: Engine) -> list[OpenRequest]:
     return [OpenRequest(r.id, r.subject_kind, r.subject, r.subject_ref, r.due_at) for r in rows]
 
 
-def complete_request(engine: Engine, request: OpenRequest, status: str,
-                     outcome: dict[str, Any], run_id: str) -> None:
-    """Mark a request done or partial, forget the raw subject id, and ledger the outcome."""
+def complete_request(engine: Engine, request: OpenRequest, outcome: dict[str, Any],
+                     run_id: str) -> str:
+    """Close a request with this sweep's outcome merged into what earlier sweeps did
+    (:func:`merge_outcome`): ``partial`` if a legal obligation kept any record, else ``done``.
+    Forgets the raw subject id and ledgers the whole outcome. Returns the status."""
     with engine.begin() as conn:
+        whole = merge_outcome(_stored_outcome(conn, request.id), outcome)
+        status = "partial" if any(v.get("kept") for v in whole.values()) else "done"
         conn.execute(update(requests_t).where(requests_t.c.id == request.id).values(
             status=status, completed_at=datetime.now(UTC), subject=None,
-            outcome=json.dumps(outcome, sort_keys=True)))
+            outcome=json.dumps(whole, sort_keys=True)))
         ledger.append(conn, [ledger.Draft(
             kind="request", run_id=run_id, reason=f"erasure {status}",
             subject_ref=request.subject_ref,
-            detail={"request_id": request.id, "status": status, "outcome": outcome})])
+            detail={"request_id": request.id, "status": status, "outcome": whole})])
+    return status
 
 
 def record_progress(engine: Engine, request_id: str, outcome: dict[str, Any]) -> None:
     with engine.begin() as conn:
+        whole = merge_outcome(_stored_outcome(conn, request_id), outcome)
         conn.execute(update(requests_t).where(requests_t.c.id == request_id).values(
-            outcome=json.dumps(outcome, sort_keys=True)))
+            outcome=json.dumps(whole, sort_keys=True)))
+
+
+def merge_outcome(stored: dict[str, Any], sweep: dict[str, Any]) -> dict[str, Any]:
+    """A request's outcome over every sweep that applied it, per rule: ``disposed`` adds up
+    (a disposed record is gone, so no sweep counts it twice); ``kept`` is the largest count
+    any sweep saw (kept records stay and every sweep counts them again); ``held``/``failed``
+    are this sweep's state, so a hold released since no longer shows. Rules this sweep did
+    not reach keep their earlier entry."""
+    whole = {rule: dict(v) for rule, v in stored.items() if isinstance(v, dict)}
+    for rule, now in sweep.items():
+        before = whole.get(rule, {})
+        entry = dict(now)
+        entry["disposed"] = int(before.get("disposed", 0)) + int(now.get("disposed", 0))
+        entry["kept"] = max(int(before.get("kept", 0)), int(now.get("kept", 0)))
+        if entry["kept"] and "legal_basis" not in entry and "legal_basis" in before:
+            entry["legal_basis"] = before["legal_basis"]
+        whole[rule] = entry
+    return whole
+
+
+def _stored_outcome(conn: Connection, request_id: str) -> dict[str, Any]:
+    text = conn.execute(select(requests_t.c.outcome).where(
+        requests_t.c.id == request_id)).scalar()
+    try:
+        doc = json.loads(text or "{}")
+    except ValueError:
+        return {}
+    return doc if isinstance(doc, dict) else {}
 
 
 def request_view(row: Any, now: datetime) -> dict[str, Any]:

@@ -311,6 +311,43 @@ def test_store_hold_disposes_nothing_and_rule_hold_beats_requests(market: sa.Eng
         (rule_hold["id"], "rule", "old-messages", None, None, "active")]
 
 
+def test_request_served_over_two_sweeps_keeps_its_whole_outcome(market: sa.Engine,
+                                                                 ws: Any) -> None:
+    """Sweep 1 erases B's account and keeps B's invoices while a hold blocks old-messages;
+    sweep 2, after the release, erases B's messages and closes the request. What sweep 1 did
+    is still in the outcome, in `request list` and in the closing ledger entry."""
+    hold = ok(ws.invoke("hold", "add", "--rule", "old-messages", "--reason", "discovery",
+                        "--json"))
+    req = ok(ws.invoke("request", "erase", str(B), "--json"))
+    run1 = ok(ws.invoke("run", "--json"))
+    assert [(q["id"], q["status"]) for q in run1["requests"]] == [(req["id"], "open")]
+    first = ok(ws.invoke("request", "list", "--json"))[0]["outcome"]
+    assert first == {
+        "closed-accounts": {"disposed": 0, "kept": 0},
+        "accounts": {"disposed": 1, "kept": 0},
+        "old-messages": {"disposed": 0, "kept": 0, "held": True},
+        "invoices": {"disposed": 0, "kept": 2, "legal_basis": LEGAL_BASIS},
+    }
+    ok(ws.invoke("hold", "release", hold["id"], "--reason", "discovery over", "--json"))
+    run2 = ok(ws.invoke("run", "--json"))
+    assert [(q["id"], q["status"]) for q in run2["requests"]] == [(req["id"], "partial")]
+    assert ids(market, "users") & {B} == set()
+    assert ids(market, "messages") & {3, 4} == set()
+    whole = {
+        "closed-accounts": {"disposed": 0, "kept": 0},
+        "accounts": {"disposed": 1, "kept": 0},  # sweep 1's erasure, not sweep 2's nothing
+        "old-messages": {"disposed": 2, "kept": 0},  # the hold is released: no "held"
+        "invoices": {"disposed": 0, "kept": 2, "legal_basis": LEGAL_BASIS},  # not 2 + 2
+    }
+    listed = ok(ws.invoke("request", "list", "--json"))[0]
+    assert (listed["status"], listed["outcome"]) == ("partial", whole)
+    entries = ok(ws.invoke("audit", "export", "--format", "json"))
+    closing = [e for e in entries if e["kind"] == "request"
+               and e["detail"]["request_id"] == req["id"] and e["run_id"] is not None]
+    assert [(e["reason"], e["run_id"], e["detail"]["outcome"]) for e in closing] == [
+        ("erasure partial", run2["run_id"], whole)]
+
+
 def test_store_hold_counts_every_due_record_held(sqlite_db: Any, ws: Any) -> None:
     engine = sqlite_db.engine()
     build(engine, now_seconds())
