@@ -130,14 +130,17 @@ class SqlChecks:
         local = now.astimezone(self.policy.tz)
         dialect = self.engine.dialect.name
         with self._errors(f"reading {table.name}"), self.engine.connect() as conn:
-            lo, hi = clock_range(conn, clock, dialect, self._match_only(rule, table, local))
+            lo, hi = clock_range(conn, clock, dialect, self._match_only(rule, table, local),
+                                 exact=count_bad)
         shown_values, odd = [], False
         for raw in (lo, hi):
             if raw is None:
                 continue
             try:
                 value = clock_instant(raw, rule.clock_format, self.policy.tz)
-            except BadClock:  # an integer too large for a date
+            except BadClock:  # an integer too large for a date, or unparseable text
+                if not count_bad and can_be_bad(clock, dialect):
+                    continue  # read without the filter: bad text is counted as bad_clock
                 shown_values.append(f"{raw} ({rule.clock_format})" if rule.clock_format
                                     else str(raw))
                 odd = True

@@ -264,14 +264,32 @@ def _sqlite_triggers(conn: Connection, table: sa.Table, marker: str) -> list[str
 
 # -- what validate reads --------------------------------------------------------------------
 def clock_range(conn: Connection, clock: sa.Column[Any], dialect: str,
-                where: list[Any]) -> tuple[Any, Any]:
-    """The smallest and largest clock value (of the well-formed ones) of the rule's rows."""
-    ok = well_formed(clock, dialect)
+                where: list[Any], *, exact: bool = True) -> tuple[Any, Any]:
+    """The smallest and largest clock value (of the well-formed ones) of the rule's rows.
+    ``exact=False`` (the check at the start of every plan and run) reads them through the
+    clock's index: typed times keep only the index-friendly part of :func:`real_time`
+    (PostgreSQL ``-infinity < clock < infinity``, MySQL ``clock >= 1000-01-01``) and text
+    is not filtered, so an extreme value may be one that does not parse (the caller skips
+    it; bad clocks are counted anyway)."""
+    ok = well_formed(clock, dialect) if exact else _index_friendly_real(clock, dialect)
     conds = [*where, clock.is_not(None), *([ok] if ok is not None else [])]
     # Text (SQLite DATETIME included) comes back raw and is parsed by clock_instant.
     col = sa.type_coerce(clock, sa.String) if can_be_bad(clock, dialect) else clock
     row = conn.execute(sa.select(sa.func.min(col), sa.func.max(col)).where(*conds)).one()
     return row[0], row[1]
+
+
+def _index_friendly_real(clock: sa.Column[Any], dialect: str) -> sa.ColumnElement[bool] | None:
+    if not isinstance(clock.type, sa.DateTime | sa.Date):
+        return None
+    if dialect == "postgresql":
+        return sa.and_(clock > sa.cast(sa.literal("-infinity"), clock.type),
+                       clock < sa.cast(sa.literal("infinity"), clock.type))
+    if dialect in ("mysql", "mariadb"):
+        lowest = (datetime(1000, 1, 1) if isinstance(clock.type, sa.DateTime)
+                  else date(1000, 1, 1))
+        return clock >= lowest
+    return None
 
 
 def shown(value: datetime, tz: Any) -> str:
