@@ -7,6 +7,9 @@ current values.
 
     retentiond_disposals_total{rule, action}   records disposed (purge: isolated records purged)
     retentiond_failures_total{rule}            records that could not be disposed
+    retentiond_blocked_records{rule}           records the last time-based sweep found due but
+                                               blocked (a RESTRICT foreign key, an Object
+                                               Lock); request passes leave it alone
     retentiond_sweeps_total{kind, status}      sweeps by kind (scheduled, requests, catch-up)
                                                and outcome (ok, failed, interrupted, error)
     retentiond_last_success_timestamp_seconds  end of the last sweep that finished ok
@@ -92,6 +95,10 @@ class Metrics:
                                 ["rule"], registry=self.registry)
         self.sweeps = Counter("retentiond_sweeps", "Sweeps by kind and outcome",
                               ["kind", "status"], registry=self.registry)
+        self.blocked = Gauge("retentiond_blocked_records",
+                             "Records the last sweep found due but could not dispose: blocked "
+                             "by a RESTRICT foreign key or an Object Lock", ["rule"],
+                             registry=self.registry)
         self.lease_held = Gauge("retentiond_lease_held", "1 if this replica may sweep",
                                 registry=self.registry)
         self.registry.register(StateCollector(engine))
@@ -106,6 +113,8 @@ class Metrics:
             if r.purged:
                 self.disposals.labels(rule=r.rule, action="purge").inc(r.purged)
             self.failures.labels(rule=r.rule).inc(r.failed)
+            if kind != "requests":  # a request pass sees erasures only, not the backlog
+                self.blocked.labels(rule=r.rule).set(getattr(r, "blocked", 0) or 0)
         status = "interrupted" if report.stopped else "failed" if report.exit_code else "ok"
         self.sweeps.labels(kind=kind, status=status).inc()
 

@@ -53,6 +53,7 @@ class SweepReport:
     requests: list[dict[str, Any]] = field(default_factory=list)
     unreachable: str | None = None  # the first unreachable store's one-line error
     stopped: bool = False
+    time_based: bool = True  # False: a request pass, which says nothing of the due backlog
 
     @property
     def failed(self) -> bool:
@@ -69,7 +70,8 @@ class SweepReport:
                 "as_of": self.as_of.isoformat(),
                 "rules": [{**r.as_json(), **({"error": r.error} if r.error else {})}
                           for r in self.rules],
-                "requests": self.requests, "totals": totals}
+                "requests": self.requests, "totals": totals,
+                **({} if self.time_based else {"requests_only": True})}
 
 
 def choose_rules(app: App, rule_ids: Sequence[str]) -> list[Rule]:
@@ -92,7 +94,8 @@ def sweep(app: App, *, dry_run: bool, rule_ids: Sequence[str] = (),
     if as_of is not None and not dry_run:
         raise UsageError("--as-of is only for plan (a dry run); a real sweep runs now")
     now = (as_of or datetime.now(UTC)).astimezone(UTC)
-    report = SweepReport(run_id=uuid.uuid4().hex, dry_run=dry_run, as_of=now)
+    report = SweepReport(run_id=uuid.uuid4().hex, dry_run=dry_run, as_of=now,
+                         time_based=time_based)
     state = app.state
     crashed = runs.mark_crashed(state)
     if crashed:

@@ -1,8 +1,9 @@
 """``audit export --format html``: a self-contained report for a data-protection officer.
 
 One HTML file with inline CSS and an inline SVG chart (no scripts, no external resources): the
-verification result and the chain head, the policy's rules with their sources, disposals per
-rule and month, erasure requests, legal holds and backup horizons.
+verification result, a one-line verdict and the Problems of the period (failing and blocked
+rules per sweep, overdue requests, growing backlogs), the chain head, the policy's rules with
+their sources, disposals per rule and month, erasure requests, legal holds and backup horizons.
 
 The report names nothing personal: only counts, rule ids, store and target names, dates and
 hashes. Raw subject ids, hold reasons and request references stay in the state database. The
@@ -24,9 +25,10 @@ from sqlalchemy import MetaData, Table, inspect, select
 from sqlalchemy.engine import Engine
 
 from retentiond.app import App
-from retentiond.audit import checkpoint
-from retentiond.audit.export import entries
+from retentiond.audit import checkpoint, problems
+from retentiond.audit.export import bound, entries
 from retentiond.audit.ledger import head
+from retentiond.audit.problems import Problems
 from retentiond.audit.verify import verify
 from retentiond.errors import AuditError
 from retentiond.policy.model import Policy
@@ -358,8 +360,52 @@ def _none(text: str) -> str:
     return f'<p class="none">{esc(text)}</p>\n'
 
 
+def _bound(text: str | None) -> datetime | None:
+    value = bound(text)
+    return datetime.fromisoformat(value) if value else None
+
+
 def _utc(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+
+
+# -- problems (from the runs' summaries, :mod:`retentiond.audit.problems`) ---------------------
+def verdict_line(found: Problems) -> str:
+    bad = bool(found.latest and found.latest["left"])
+    return (f'<p id="verdict" class="banner {"bad" if bad else "ok"}">'
+            f"<strong>{esc(found.verdict)}</strong>"
+            + (f" (latest sweep <code>{esc(found.latest['run_id'])}</code>, "
+               f"{esc(when(found.latest['at']))})" if found.latest else "") + "</p>\n")
+
+
+def problems_section(found: Problems) -> str:
+    out = ['<section id="problems"><h2>Problems</h2>\n']
+    if not (found.failing or found.overdue or found.growing):
+        out.append(_none("none: no rule failed or had blocked records, no request is overdue"))
+    if found.failing:
+        rows = [[esc(when(p["at"])), f"<code>{esc(p['run_id'])}</code>",
+                 f"<code>{esc(p['rule'])}</code>", str(p["failed"]), str(p["blocked"]),
+                 "<br>".join(f"<code>{esc(b.get('constraint'))}</code> ({esc(b.get('table'))}): "
+                             f"{esc(b.get('count'))}" for b in p["blocked_by"]
+                             if isinstance(b, dict)),
+                 esc(p["error"])] for p in found.failing]
+        out.append('<h3>Rules that failed or had blocked records</h3>\n<div id="failing">'
+                   + table(["sweep", "run", "rule", "failed", "blocked", "blocked by",
+                            "error"], rows) + "</div>")
+    if found.overdue:
+        rows = [[f"<code>{esc(q['id'])}</code>", esc(q["subject_kind"]),
+                 f'<span class="overdue">{esc(when(q["due_at"]))}</span>',
+                 outcome(json.dumps(q["outcome"]))] for q in found.overdue]
+        out.append('<h3>Overdue erasure requests</h3>\n<div id="overdue">'
+                   + table(["request", "subject kind", "due", "outcome so far"], rows)
+                   + "</div>")
+    if found.growing:
+        rows = [[f"<code>{esc(rule)}</code>", " &rarr; ".join(str(n) for n in series)]
+                for rule, series in found.growing.items()]
+        out.append('<h3>Rules whose backlog grows</h3>\n<p>Records past retention still '
+                   "present (failed + blocked), sweep after sweep.</p>\n<div id=\"growing\">"
+                   + table(["rule", "backlog per sweep"], rows) + "</div>")
+    return "".join(out) + "</section>\n"
 
 
 # -- the document -----------------------------------------------------------------------------
@@ -370,7 +416,9 @@ def write_html(app: App, out: TextIO, since: str | None, until: str | None) -> N
     out.write('<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
               "<title>retentiond audit report</title>"
               f"<style>{CSS}</style></head><body>\n")
-    out.write(header(app, since, until) + banner(ok, text) + chain(engine, ok, text))
+    found = problems.collect(engine, _bound(since), _bound(until))
+    out.write(header(app, since, until) + banner(ok, text) + verdict_line(found)
+              + problems_section(found) + chain(engine, ok, text))
     out.write(rules_section(app.policy) + disposals_section(tally, app.policy))
     write_requests(engine, out)
     write_holds(engine, out)

@@ -13,6 +13,7 @@ from sqlalchemy.engine import Engine
 from retentiond import output
 from retentiond.app import App
 from retentiond.audit import ledger
+from retentiond.audit.problems import rule_problems
 from retentiond.state import lease
 from retentiond.state.cases import list_holds, list_requests
 from retentiond.state.models import Run
@@ -63,7 +64,8 @@ def last_sweep(engine: Engine) -> dict[str, Any] | None:
     return {"run_id": row.id, "started_at": row.started_at.isoformat(),
             "finished_at": row.finished_at.isoformat() if row.finished_at else None,
             "status": row.status,
-            "totals": summary.get("totals", dict.fromkeys(TOTALS, 0))}
+            "totals": summary.get("totals", dict.fromkeys(TOTALS, 0)),
+            "problems": rule_problems(summary)}
 
 
 def _show(doc: dict[str, Any]) -> None:
@@ -75,6 +77,11 @@ def _show(doc: dict[str, Any]) -> None:
         output.line(f"last sweep: {last['run_id']} {last['status']}, started "
                     f"{last['started_at'][:19]}, finished {(last['finished_at'] or '-')[:19]}: "
                     + ", ".join(f"{t[k]} {k}" for k in TOTALS))
+        for p in last["problems"]:
+            output.line(f"  rule {p['rule']}: {p['failed']} failed, {p['blocked']} blocked"
+                        + "".join(f", {b.get('count')} by {b.get('constraint')} "
+                                  f"({b.get('table')})" for b in p["blocked_by"])
+                        + (f": {p['error']}" if p["error"] else ""))
     output.line(f"next sweep: {doc['next_sweep'] or 'never'} "
                 f"(schedule {doc['schedule']!r}, {doc['timezone']})")
     req = doc["requests"]
