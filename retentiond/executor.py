@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -22,7 +22,7 @@ from sqlalchemy import Table, delete, insert, select
 from sqlalchemy.engine import Connection, Engine
 
 from retentiond import planner
-from retentiond.adapters.base import Adapter, Selection
+from retentiond.adapters.base import Adapter, Selection, merge_counts
 from retentiond.audit import ledger
 from retentiond.errors import StoreError
 from retentiond.log import get_logger
@@ -54,12 +54,20 @@ class RuleResult:
     strategies: dict[str, str] | None = None
     error: str | None = None
     warnings: list[str] | None = None
+    # Due but referenced through a RESTRICT / NO ACTION foreign key: never attempted.
+    blocked: int = 0
+    blocked_by: list[dict[str, Any]] = field(default_factory=list)  # {constraint, table, count}
+    # Rows of other tables deleted or rewritten through CASCADE / SET NULL keys.
+    cascaded: list[dict[str, Any]] = field(default_factory=list)  # {.., action, count}
 
     def as_json(self) -> dict[str, Any]:
         doc = {"rule": self.rule, "store": self.store, "target": self.target,
                "action": self.action, "due": self.due, "held": self.held, "kept": self.kept,
                "done": self.done, "failed": self.failed, "null_clock": self.null_clock,
-               "bad_clock": self.bad_clock, "purged": self.purged}
+               "bad_clock": self.bad_clock, "purged": self.purged, "blocked": self.blocked,
+               "blocked_by": self.blocked_by, "cascaded": self.cascaded}
+        if self.error:
+            doc["error"] = self.error
         if self.warnings:
             doc["warnings"] = self.warnings
         if self.strategies:
@@ -259,8 +267,12 @@ class Executor:
             # reconcile to settle against what the store really holds.
             if count:
                 result.failed += len(keys)
+            self.adapters[rule.store].take_cascaded()  # rolled back with the batch
             raise
-        self._record(sel, intent, [refs[k] if k in refs else ref_of(k) for k in disposed])
+        cascaded = self.adapters[rule.store].take_cascaded()
+        merge_counts(result.cascaded, cascaded)
+        self._record(sel, intent, [refs[k] if k in refs else ref_of(k) for k in disposed],
+                     cascaded=cascaded)
         if count:
             result.done += len(disposed)
         log.debug("batch disposed", rule=rule.id, action=sel.action, count=len(disposed))
@@ -291,9 +303,12 @@ class Executor:
         return add(base.astimezone(UTC), backups.retention).isoformat()
 
     def _record(self, sel: Selection, intent: int, refs: list[str],
-                encoded: str | None = None) -> None:
+                encoded: str | None = None, *,
+                cascaded: list[dict[str, Any]] | None = None) -> None:
         rule = sel.rule
         detail = {**sel.detail, "count": len(refs)}
+        if cascaded:  # per constraint and table, how many rows: counts, never keys
+            detail["cascaded"] = cascaded
         if sel.purge_after is not None:
             detail["purge_after"] = sel.purge_after.astimezone(UTC).isoformat()
         horizon = self.horizon(rule.store, sel.action, sel.purge_after, datetime.now(UTC))

@@ -196,6 +196,26 @@ def time_selection(rule: Rule, now: datetime, tz: ZoneInfo) -> Selection | None:
                      clock_cutoff=cutoff, filters=filters, exclude=gaps)
 
 
+def fk_order(rules: list[Rule], referencing: dict[str, frozenset[str]]) -> list[Rule]:
+    """Rules in foreign-key order: a rule waits for the rules (of its store) on the targets
+    that refer to its target (``referencing[rule.id]``), so rows that block or cascade from
+    its records are disposed by their own rules first. Otherwise, and within a cycle, the
+    order of the policy file."""
+    left = list(rules)
+    out: list[Rule] = []
+
+    def waits(r: Rule) -> bool:
+        refs = referencing.get(r.id, frozenset())
+        return any(o.store == r.store and o.target != r.target and o.target in refs
+                   for o in left if o is not r)
+
+    while left:
+        nxt = next((r for r in left if not waits(r)), left[0])  # left[0]: a cycle
+        out.append(nxt)
+        left.remove(nxt)
+    return out
+
+
 # -- the plan of one rule ---------------------------------------------------------------------
 @dataclass(frozen=True)
 class RulePlan:

@@ -42,6 +42,15 @@ class RequestTracker:
         self._entry(q, rule)["held"] = True
         self.blocked_ids.add(q.id)
 
+    def refused(self, q: OpenRequest, rule: Rule, n: int, by: list[dict[str, Any]]) -> None:
+        """The store refuses to dispose ``n`` of the subject's records: rows of other tables
+        refer to them through RESTRICT / NO ACTION foreign keys (``by``). The request stays
+        open, its outcome saying by what."""
+        entry = self._entry(q, rule)
+        entry["blocked"] = entry.get("blocked", 0) + n
+        entry["blocked_by"] = by
+        self.blocked_ids.add(q.id)
+
     def held(self, q: OpenRequest, rule: Rule, n: int) -> None:
         """A hold on the whole rule protects ``n`` of the subject's records: it blocks the
         request only if there are any; otherwise the rule is served, with nothing to do."""

@@ -20,7 +20,7 @@ from sqlalchemy import Table, insert, select, update
 from sqlalchemy.exc import NoSuchTableError
 
 from retentiond import planner
-from retentiond.adapters.base import Adapter, Selection
+from retentiond.adapters.base import Adapter, Selection, merge_counts
 from retentiond.app import App
 from retentiond.audit import checkpoint, ledger
 from retentiond.errors import (
@@ -53,6 +53,7 @@ class SweepReport:
     requests: list[dict[str, Any]] = field(default_factory=list)
     unreachable: str | None = None  # the first unreachable store's one-line error
     stopped: bool = False
+    order: dict[str, list[str]] = field(default_factory=dict)  # store -> rules, when reordered
     time_based: bool = True  # False: a request pass, which says nothing of the due backlog
 
     @property
@@ -113,6 +114,7 @@ def sweep(app: App, *, dry_run: bool, rule_ids: Sequence[str] = (),
     sit = planner.Situation(now, policy.tz, policy.rules, read_holds(state),
                             tuple(open_requests(state)))
     tracker = RequestTracker(sit.requests, policy.rules)
+    rules = _in_fk_order(app, rules, report)
     for rule in rules:
         result = RuleResult(rule.id, rule.store, rule.target, rule.action,
                             strategies=_strategies(rule))
@@ -147,6 +149,24 @@ def sweep(app: App, *, dry_run: bool, rule_ids: Sequence[str] = (),
     return report
 
 
+def _in_fk_order(app: App, rules: list[Rule], report: SweepReport) -> list[Rule]:
+    """The rules in foreign-key order (referencing tables first, :func:`planner.fk_order`);
+    ``report.order`` names, per store, the order when it is not the file's. A store that
+    cannot be read here keeps the file's order (its rules fail on their own)."""
+    referencing: dict[str, frozenset[str]] = {}
+    for rule in rules:
+        try:
+            referencing[rule.id] = app.adapter(rule.store).referencing(rule)
+        except (RetentiondError, NoSuchTableError, KeyError) as exc:
+            log.debug("foreign keys not read", rule=rule.id, error=type(exc).__name__)
+    ordered = planner.fk_order(rules, referencing)
+    for store in dict.fromkeys(r.store for r in rules):
+        mine = [r.id for r in ordered if r.store == store]
+        if mine != [r.id for r in rules if r.store == store]:
+            report.order[store] = mine
+    return ordered
+
+
 def _sweep_rule(app: App, plan: planner.RulePlan, result: RuleResult,
                 executor: Executor | None, tracker: RequestTracker) -> None:
     rule = plan.rule
@@ -165,11 +185,12 @@ def _sweep_rule(app: App, plan: planner.RulePlan, result: RuleResult,
     if result.bad_clock:
         log.warning("clocks do not parse", rule=rule.id, store=rule.store,
                     bad_clock=result.bad_clock)
-    result.held = sum(adapter.count(s) for s in plan.held)
+    # A hold protects a record whatever refers to it: held counts leave no one out.
+    result.held = sum(adapter.count(replace(s, skip_blocked=False)) for s in plan.held)
     for q in plan.held_requests:
         tracker.blocked(q, rule)
     for q, sel in plan.held_erasures:
-        n = adapter.count(sel)
+        n = adapter.count(replace(sel, skip_blocked=False))
         result.held += n
         tracker.held(q, rule, n)
     planned: list[tuple[planner.OpenRequest | None, Selection, int]] = []
@@ -185,6 +206,7 @@ def _sweep_rule(app: App, plan: planner.RulePlan, result: RuleResult,
         # cost a full pass over the due records for nothing.
         planned.append((None, plan.time, adapter.count(plan.time) if executor is None else 0))
     result.due = sum(n for _, _, n in planned)
+    _references(adapter, planned, result, tracker, cascades=executor is None)
     isolates = "isolate" in (rule.action, rule.on_erasure) and plan.hold is None
     if executor is None:
         if isolates:
@@ -194,6 +216,24 @@ def _sweep_rule(app: App, plan: planner.RulePlan, result: RuleResult,
     _execute(adapter, planned, result, executor, tracker)
     if isolates and not executor.stopped:
         executor.purge(rule, _now(), result)
+
+
+def _references(adapter: Adapter,
+                planned: list[tuple[planner.OpenRequest | None, Selection, int]],
+                result: RuleResult, tracker: RequestTracker, *, cascades: bool) -> None:
+    """Records the store refuses to dispose (foreign keys that refer to them), counted when
+    the rule starts: rules that ran before it in this sweep have disposed what they could.
+    They are not selected, not due, never attempted; an erasure request they belong to stays
+    open. A plan (``cascades``) also counts the rows its disposals would cascade to; a run
+    counts them per batch (the executor)."""
+    for q, sel, _ in planned:
+        if cascades:
+            merge_counts(result.cascaded, adapter.cascades(sel))
+        n, by = adapter.blocked(sel)
+        result.blocked += n
+        merge_counts(result.blocked_by, by)
+        if q is not None and n:
+            tracker.refused(q, sel.rule, n, by)
 
 
 def _ledgered(app: App) -> Callable[[str], bool]:
@@ -226,7 +266,8 @@ def _execute(adapter: Adapter, planned: list[tuple[planner.OpenRequest | None, S
             done = executor.execute(sel, result)
             result.held += _held_since(adapter, executor, sel)
             if executor.stopped_by_hold:
-                protected = adapter.count(sel)  # what the new hold now protects
+                # What the new hold now protects.
+                protected = adapter.count(replace(sel, skip_blocked=False))
                 result.held += protected
                 if q is not None and protected:  # a hold after the last batch blocks nothing
                     tracker.blocked(q, rule)
@@ -250,7 +291,8 @@ def _held_since(adapter: Adapter, executor: Executor, sel: Selection) -> int:
     if current is None:
         return 0
     late = sorted(set(current.exclude_subjects) - set(sel.exclude_subjects))
-    return adapter.count(replace(sel, subjects=tuple(late), exclude_subjects=())) if late else 0
+    return adapter.count(replace(sel, subjects=tuple(late), exclude_subjects=(),
+                                 skip_blocked=False)) if late else 0
 
 
 def _left(adapter: Adapter, sel: Selection | None) -> int:

@@ -83,12 +83,28 @@ class Selection:
     # A protection (a floor, a hold, on_erasure: keep): a record whose older_than/newer_than
     # value does not parse counts as matched, so the protection covers it (filter_expr).
     protects: bool = False
+    # Leave out records the store would refuse to dispose (referenced through a RESTRICT / NO
+    # ACTION foreign key): on for every disposal; off to count what holds protect, and what
+    # the keys block (the selection without it, minus with it).
+    skip_blocked: bool = True
     subject_ref: str | None = None
     detail: dict[str, Any] = field(default_factory=dict)
 
     @property
     def everything_excluded(self) -> bool:
         return self.subjects is not None and not self.subjects
+
+
+def merge_counts(into: list[dict[str, Any]], more: Sequence[dict[str, Any]]) -> None:
+    """Add ``more`` to ``into`` (both ``[{..., count}]``, as ``blocked_by`` and ``cascaded``),
+    matching entries on everything but the count."""
+    for m in more:
+        same = next((d for d in into if {k: v for k, v in d.items() if k != "count"}
+                     == {k: v for k, v in m.items() if k != "count"}), None)
+        if same is None:
+            into.append(dict(m))
+        else:
+            same["count"] += m["count"]
 
 
 @dataclass(frozen=True)
@@ -170,6 +186,30 @@ class Adapter(abc.ABC):
         rows). ``ledgered(rule_id)`` says whether the ledger holds an anonymisation by that
         rule; ``count_bad=False`` skips the unparseable-clock count (a sweep counts those
         itself). Default: none."""
+        return []
+
+    def blocked(self, selection: Selection) -> tuple[int, list[dict[str, Any]]]:
+        """Records of the selection the store would refuse to dispose (``skip_blocked`` leaves
+        them out), and ``[{constraint, table, count}]`` by what. Default: none."""
+        return 0, []
+
+    def cascades(self, selection: Selection) -> list[dict[str, Any]]:
+        """Rows of other tables that disposing the selection deletes or rewrites,
+        ``[{constraint, table, action, count}]``. Default: none."""
+        return []
+
+    def take_cascaded(self) -> list[dict[str, Any]]:
+        """What the disposals since the last call cascaded to (as :meth:`cascades`), and
+        forget it. Default: none."""
+        return []
+
+    def referencing(self, rule: Rule) -> frozenset[str]:
+        """Targets of the same store that refer to the rule's target (foreign keys): their
+        rules run first. Default: none."""
+        return frozenset()
+
+    def reference_warnings(self, rule: Rule) -> list[Problem]:
+        """What will block or cascade from a rule's disposals, for ``config validate``."""
         return []
 
     @abc.abstractmethod

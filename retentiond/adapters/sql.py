@@ -30,6 +30,7 @@ from sqlalchemy.exc import DBAPIError, NoSuchTableError, OperationalError
 from retentiond.adapters.base import Adapter, Candidate, NextBatch, Problem, Selection
 from retentiond.adapters.sql_actions import SqlActions, isolated_name
 from retentiond.adapters.sql_checks import SqlChecks
+from retentiond.adapters.sql_refs import Reference, SqlRefs
 from retentiond.adapters.sqlclock import BadClock, bad, clock_instant, clock_parts, real_time
 from retentiond.adapters.sqlexpr import (
     Clause,
@@ -56,7 +57,7 @@ log = get_logger(__name__)
 _TIME_TYPES = (sa.DateTime, sa.Date, sa.String, sa.Integer)
 
 
-class SqlAdapter(SqlChecks, SqlActions, Adapter):
+class SqlAdapter(SqlChecks, SqlActions, SqlRefs, Adapter):
     name: ClassVar[str] = "sql"
     actions: ClassVar[frozenset[str]] = frozenset({"delete", "anonymize", "isolate"})
 
@@ -65,6 +66,8 @@ class SqlAdapter(SqlChecks, SqlActions, Adapter):
         self._engine: Engine | None = None
         self._tables: dict[str, sa.Table] = {}
         self._iso_tables: dict[str, sa.Table] = {}
+        self._refs: dict[str, list[Reference]] = {}
+        self._cascaded: dict[tuple[str, str, str], int] = {}
 
     # -- static checks ------------------------------------------------------------------------
     @classmethod
@@ -124,6 +127,7 @@ class SqlAdapter(SqlChecks, SqlActions, Adapter):
             self._engine = None
         self._tables.clear()
         self._iso_tables.clear()
+        self._refs.clear()
 
     @contextmanager
     def _errors(self, doing: str) -> Iterator[None]:
@@ -241,6 +245,7 @@ class SqlAdapter(SqlChecks, SqlActions, Adapter):
             parts.append(table.c[rule.anonymize.marker].is_(None))
         if rule.subject:
             parts += _subject_parts(table.c[rule.subject], sel)
+        parts += self.blocking(sel, table)  # on the disposing statement: re-checked per batch
         if sel.unconditional:
             return sa.and_(sa.true(), *parts)
         if rule.clock:
@@ -401,7 +406,8 @@ class SqlAdapter(SqlChecks, SqlActions, Adapter):
         key = self.key(selection.rule, table)
         where = sa.and_(key.in_(self.engine.dialect.name, keys),
                         self.predicate(selection, table))
-        with self._errors(f"deleting from {table.name}"), self.engine.begin() as conn:
+        with (self._errors(f"deleting from {table.name}"), self.engine.begin() as conn,
+              self.cascading_batch(conn, table, where)):
             return delete_returning(conn, table, key, where)
 
     def delete_next(self, selection: Selection, after: Any, limit: int,
@@ -414,6 +420,8 @@ class SqlAdapter(SqlChecks, SqlActions, Adapter):
         if dialect.name not in ("sqlite", "postgresql") or not dialect.delete_returning:
             return None
         table = self.table(selection.rule)
+        if self.cascading(table):
+            return None  # its batches count what they cascade to (delete) before deleting
         key = self.key(selection.rule, table)
         dml = sa.delete(table).where(self.predicate(selection, table))
         return self.run_next(f"deleting from {table.name}", dml, key,

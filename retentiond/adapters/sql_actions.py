@@ -54,6 +54,8 @@ class SqlActions:
         def key(self, rule: Rule, table: sa.Table | None = None) -> Key: ...
         def predicate(self, sel: Selection, table: sa.Table) -> sa.ColumnElement[bool]: ...
         def _errors(self, doing: str) -> AbstractContextManager[None]: ...
+        def cascading_batch(self, conn: Connection, table: sa.Table,
+                            where: sa.ColumnElement[bool]) -> Any: ...
         def pick(self, selection: Selection, table: sa.Table, after: Any, limit: int
                  ) -> sa.Select[Any]: ...
         def run_next(self, doing: str, dml: Any, key: Key, pick: sa.Select[Any],
@@ -149,9 +151,10 @@ class SqlActions:
                                              .with_for_update()).all())
             if locked:
                 taken = key.in_(conn.dialect.name, locked)
-                conn.execute(sa.insert(iso).from_select([*columns, *EXTRA_COLUMNS],
-                                                        copy.where(taken)))
-                conn.execute(sa.delete(table).where(taken))
+                with self.cascading_batch(conn, table, where):
+                    conn.execute(sa.insert(iso).from_select([*columns, *EXTRA_COLUMNS],
+                                                            copy.where(taken)))
+                    conn.execute(sa.delete(table).where(taken))
             return locked
 
     @overload

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import cast
 
 from retentiond import output
 from retentiond.app import App
@@ -56,6 +57,10 @@ def _outcome(outcome: dict[str, dict[str, object]]) -> str:
             bits.append(f"{v['kept']} kept ({v.get('legal_basis')})")
         if v.get("held"):
             bits.append("held")
+        if v.get("blocked"):
+            keys = ", ".join(f"{b['constraint']} on {b['table']}"
+                             for b in cast(list[dict[str, str]], v.get("blocked_by") or []))
+            bits.append(f"{v['blocked']} blocked by foreign keys ({keys})")
         if v.get("failed"):
             bits.append("failed")
         parts.append(f"{rule}: {', '.join(bits)}")

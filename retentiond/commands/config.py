@@ -77,6 +77,8 @@ def _live(rules: list[tuple[int, Rule]], adapter: Callable[[str], Adapter],
         if not found:
             warnings += [f"rules[{i}] ({rule.id}).{path}: {msg}"
                          for path, msg in adapter(rule.store).warnings(rule, ledgered)]
+            warnings += [f"rules[{i}] ({rule.id}).{path}: {msg}"
+                         for path, msg in adapter(rule.store).reference_warnings(rule)]
     return problems, warnings
 
 

@@ -58,7 +58,11 @@ def _show(app: App, report: SweepReport) -> None:
     kind = "Plan (dry run, nothing changed)" if report.dry_run else "Sweep"
     output.table(f"{kind} as of {report.as_of.isoformat(timespec='seconds')}  "
                  f"run {report.run_id[:12]}", COLUMNS, rows, numeric_from=4, footer=footer)
+    for store, order in report.order.items():
+        output.line(f"store {store}: rules run in foreign-key order (referencing tables "
+                    f"first): {' -> '.join(order)}")
     for r in report.rules:
+        _references(r, report.dry_run)
         if r.purged:
             output.line(f"rule {r.rule}: {r.purged} isolated records "
                         f"{'would be ' if report.dry_run else ''}purged")
@@ -68,6 +72,20 @@ def _show(app: App, report: SweepReport) -> None:
         verdict = "stopped early" if report.stopped else "complete"
         output.line(f"sweep {verdict}: {t['done']} disposed, {t['failed']} failed, "
                     f"{t['held']} held, {t['kept']} kept")
+
+
+def _references(r: RuleResult, dry_run: bool) -> None:
+    """What foreign keys block (never attempted) and what disposals cascade to."""
+    if r.blocked:
+        by = ", ".join(f"{b['constraint']} on {b['table']}: {b['count']}" for b in r.blocked_by)
+        later = ("; rules that run before it in a real sweep may unblock some" if dry_run
+                 else "")
+        output.line(f"rule {r.rule}: {r.blocked} records blocked by foreign keys ({by}), "
+                    f"not attempted{later}")
+    for c in r.cascaded:
+        what = "deleted" if c["action"] == "delete" else "set to NULL"
+        output.line(f"rule {r.rule}: {c['count']} rows of {c['table']} "
+                    f"{'would be ' if dry_run else ''}{what} through {c['constraint']}")
 
 
 def _action(r: RuleResult) -> str:

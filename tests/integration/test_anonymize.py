@@ -217,7 +217,7 @@ def read(engine: sa.Engine) -> dict[int, dict[str, Any]]:
 def rule_json(rule_id: str, store: str, due: int) -> dict[str, Any]:
     return {"rule": rule_id, "store": store, "target": "people", "action": "anonymize",
             "due": due, "held": 0, "kept": 0, "done": due, "failed": 0, "null_clock": 0,
-            "bad_clock": 0, "purged": 0,
+            "bad_clock": 0, "purged": 0, "blocked": 0, "blocked_by": [], "cascaded": [],
             "strategies": {c: s["strategy"] for c, s in STRATEGIES.items()}}
 
 

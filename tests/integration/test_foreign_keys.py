@@ -1,0 +1,239 @@
+"""Foreign keys are part of the plan (SPEC 10 "Foreign keys"), on SQLite (foreign keys on),
+PostgreSQL and MariaDB.
+
+customers <- rentals (NO ACTION) <- payments (RESTRICT); customers <- notes (CASCADE) and
+<- visits (SET NULL); invoices <- invoice_lines through a composite (series, number) key.
+Every count below is worked out by hand from the rows ``seed`` writes."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from helpers import ledger
+
+OLD = datetime(2020, 1, 1, 12, 0, 0)
+NEW = datetime.now().replace(microsecond=0)
+
+CUSTOMERS = {"id": "closed-customers", "store": "app", "table": "customers", "key": "id",
+             "subject": "id", "subject_kind": "customer", "clock": "closed_at",
+             "dispose_after": "1y", "action": "delete"}
+RENTALS = {"id": "old-rentals", "store": "app", "table": "rentals", "key": "id",
+           "clock": "rented_at", "dispose_after": "1y", "action": "delete"}
+PAYMENTS = {"id": "old-payments", "store": "app", "table": "payments", "key": "id",
+            "clock": "paid_at", "dispose_after": "1y", "action": "delete"}
+INVOICES = {"id": "old-invoices", "store": "app", "table": "invoices",
+            "key": ["series", "number"], "clock": "issued_at", "dispose_after": "1y",
+            "action": "delete"}
+
+PAY_FK = {"constraint": "payments_rental_fk", "table": "payments"}
+RENT_FK = {"constraint": "rentals_customer_fk", "table": "rentals"}
+NOTES_FK = {"constraint": "notes_customer_fk", "table": "notes", "action": "delete"}
+VISITS_FK = {"constraint": "visits_customer_fk", "table": "visits", "action": "set_null"}
+
+
+def seed(engine: sa.Engine) -> None:
+    md = sa.MetaData()
+    opts = {"mysql_engine": "InnoDB"}
+    customers = sa.Table("customers", md, sa.Column("id", sa.Integer, primary_key=True,
+                                                    autoincrement=False),
+                         sa.Column("closed_at", sa.DateTime), **opts)
+    rentals = sa.Table("rentals", md, sa.Column("id", sa.Integer, primary_key=True,
+                                                autoincrement=False),
+                       sa.Column("customer_id", sa.Integer, nullable=False),
+                       sa.Column("rented_at", sa.DateTime),
+                       sa.ForeignKeyConstraint(["customer_id"], ["customers.id"],
+                                               name="rentals_customer_fk"), **opts)
+    payments = sa.Table("payments", md, sa.Column("id", sa.Integer, primary_key=True,
+                                                  autoincrement=False),
+                        sa.Column("rental_id", sa.Integer, nullable=False),
+                        sa.Column("paid_at", sa.DateTime),
+                        sa.ForeignKeyConstraint(["rental_id"], ["rentals.id"],
+                                                name="payments_rental_fk",
+                                                ondelete="RESTRICT"), **opts)
+    notes = sa.Table("notes", md, sa.Column("id", sa.Integer, primary_key=True,
+                                            autoincrement=False),
+                     sa.Column("customer_id", sa.Integer, nullable=False),
+                     sa.ForeignKeyConstraint(["customer_id"], ["customers.id"],
+                                             name="notes_customer_fk", ondelete="CASCADE"),
+                     **opts)
+    visits = sa.Table("visits", md, sa.Column("id", sa.Integer, primary_key=True,
+                                              autoincrement=False),
+                      sa.Column("customer_id", sa.Integer, nullable=True),
+                      sa.ForeignKeyConstraint(["customer_id"], ["customers.id"],
+                                              name="visits_customer_fk", ondelete="SET NULL"),
+                      **opts)
+    invoices = sa.Table("invoices", md, sa.Column("series", sa.String(8), primary_key=True),
+                        sa.Column("number", sa.Integer, primary_key=True, autoincrement=False),
+                        sa.Column("issued_at", sa.DateTime), **opts)
+    lines = sa.Table("invoice_lines", md, sa.Column("id", sa.Integer, primary_key=True,
+                                                    autoincrement=False),
+                     sa.Column("series", sa.String(8), nullable=False),
+                     sa.Column("number", sa.Integer, nullable=False),
+                     sa.ForeignKeyConstraint(["series", "number"],
+                                             ["invoices.series", "invoices.number"],
+                                             name="lines_invoice_fk"), **opts)
+    md.create_all(engine)
+    with engine.begin() as c:
+        # c6 closed recently: not due. The others closed long ago.
+        c.execute(customers.insert(), [{"id": i, "closed_at": NEW if i == 6 else OLD}
+                                       for i in range(1, 7)])
+        c.execute(rentals.insert(), [
+            {"id": 1, "customer_id": 1, "rented_at": OLD},
+            {"id": 2, "customer_id": 1, "rented_at": OLD},
+            {"id": 3, "customer_id": 2, "rented_at": OLD},
+            {"id": 4, "customer_id": 3, "rented_at": NEW},
+            {"id": 5, "customer_id": 4, "rented_at": OLD},
+            {"id": 6, "customer_id": 6, "rented_at": OLD}])
+        c.execute(payments.insert(), [{"id": 1, "rental_id": 1, "paid_at": OLD},
+                                      {"id": 2, "rental_id": 3, "paid_at": NEW}])
+        c.execute(notes.insert(), [{"id": 1, "customer_id": 1}, {"id": 2, "customer_id": 1},
+                                   {"id": 3, "customer_id": 5}, {"id": 4, "customer_id": 6},
+                                   {"id": 5, "customer_id": 4}])
+        c.execute(visits.insert(), [{"id": 1, "customer_id": 2}, {"id": 2, "customer_id": 5},
+                                    {"id": 3, "customer_id": 6}])
+        c.execute(invoices.insert(), [{"series": s, "number": n, "issued_at": OLD}
+                                      for s in ("A", "B") for n in (1, 2)])
+        # (A, 1) and (B, 2) are referenced; a key that compared one column would block all.
+        c.execute(lines.insert(), [{"id": 1, "series": "A", "number": 1},
+                                   {"id": 2, "series": "B", "number": 2}])
+
+
+@pytest.fixture
+def store(store_db: Any, ws: Any) -> Iterator[sa.Engine]:
+    engine = store_db.engine()
+    seed(engine)
+    yield engine
+    engine.dispose()
+
+
+def use(ws: Any, url: str, *rules: dict[str, Any]) -> None:
+    ws.policy({"app": {"adapter": "sql", "url": url}}, list(rules), batch_size=2)
+
+
+def rules_of(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {r["rule"]: r for r in doc["rules"]}
+
+
+def ids(engine: sa.Engine, table: str, col: str = "id") -> list[Any]:
+    with engine.connect() as c:
+        return sorted(c.execute(sa.text(f"select {col} from {table}")).scalars())
+
+
+def test_restrict_blocks_and_cascades_count(store: sa.Engine, store_db: Any, ws: Any) -> None:
+    use(ws, store_db.url, CUSTOMERS, RENTALS)
+    plan = ws.invoke("plan", "--json")
+    assert plan.code == 0, plan.err
+    doc = plan.json()
+    # Rentals refer to customers: their rule runs first, whatever the file's order.
+    assert [r["rule"] for r in doc["rules"]] == ["old-rentals", "closed-customers"]
+    got = rules_of(doc)
+    # Rentals 1..3, 5, 6 are old; 1 and 3 have payments.
+    assert got["old-rentals"]["due"] == 3
+    assert got["old-rentals"]["blocked"] == 2
+    assert got["old-rentals"]["blocked_by"] == [{**PAY_FK, "count": 2}]
+    # As the data stands, customers 1-4 have rentals: only 5 is free (notes 3, visit 2).
+    assert got["closed-customers"]["due"] == 1
+    assert got["closed-customers"]["blocked"] == 4
+    assert got["closed-customers"]["blocked_by"] == [{**RENT_FK, "count": 4}]
+    assert sorted(got["closed-customers"]["cascaded"], key=str) == sorted(
+        [{**NOTES_FK, "count": 1}, {**VISITS_FK, "count": 1}], key=str)
+    text = ws.invoke("plan")
+    assert "old-rentals -> closed-customers" in text.out
+    assert "may unblock some" in " ".join(text.out.split())
+
+    run = ws.invoke("run", "--json")
+    assert run.code == 0, run.err
+    got = rules_of(run.json())
+    assert (got["old-rentals"]["done"], got["old-rentals"]["failed"],
+            got["old-rentals"]["blocked"]) == (3, 0, 2)
+    # Rentals 2, 5, 6 are gone: customer 4 is free now; 1, 2 and 3 still have rentals.
+    assert (got["closed-customers"]["done"], got["closed-customers"]["failed"],
+            got["closed-customers"]["blocked"]) == (2, 0, 3)
+    assert got["closed-customers"]["blocked_by"] == [{**RENT_FK, "count": 3}]
+    assert sorted(got["closed-customers"]["cascaded"], key=str) == sorted(
+        [{**NOTES_FK, "count": 2}, {**VISITS_FK, "count": 1}], key=str)
+    assert ids(store, "customers") == [1, 2, 3, 6]
+    assert ids(store, "rentals") == [1, 3, 4]
+    assert ids(store, "notes") == [1, 2, 4]
+    with store.connect() as c:
+        assert c.execute(sa.text("select id, customer_id from visits order by id")).all() == [
+            (1, 2), (2, None), (3, 6)]
+    entries = [e for e in ledger(ws.root / "state.db", "dispose")
+               if e["rule"] == "closed-customers"]
+    cascaded: dict[tuple[str, str, str], int] = {}
+    for e in entries:
+        for c in json.loads(e["detail"]).get("cascaded", []):
+            at = (c["constraint"], c["table"], c["action"])
+            cascaded[at] = cascaded.get(at, 0) + c["count"]
+    assert cascaded == {("notes_customer_fk", "notes", "delete"): 2,
+                        ("visits_customer_fk", "visits", "set_null"): 1}
+    assert sum(len(e["record_refs"]) for e in entries) == 2
+
+
+def test_a_rule_on_payments_runs_first_and_unblocks(store: sa.Engine, store_db: Any,
+                                                    ws: Any) -> None:
+    use(ws, store_db.url, CUSTOMERS, RENTALS, PAYMENTS)
+    plan = ws.invoke("plan", "--json")
+    assert plan.code == 0, plan.err
+    assert [r["rule"] for r in plan.json()["rules"]] == [
+        "old-payments", "old-rentals", "closed-customers"]
+    assert rules_of(plan.json())["old-rentals"]["blocked"] == 2  # the data as it stands
+    assert "old-payments -> old-rentals -> closed-customers" in ws.invoke("plan").out
+    run = ws.invoke("run", "--json")
+    assert run.code == 0, run.err
+    got = rules_of(run.json())
+    assert got["old-payments"]["done"] == 1
+    # Payment 1 went first: rental 1 is free; rental 3 keeps its recent payment.
+    assert (got["old-rentals"]["done"], got["old-rentals"]["blocked"]) == (4, 1)
+    assert ids(store, "rentals") == [3, 4]
+    assert (got["closed-customers"]["done"], got["closed-customers"]["blocked"]) == (3, 2)
+    assert ids(store, "customers") == [2, 3, 6]
+
+
+def test_composite_key_blocks_only_the_pairs_referenced(store: sa.Engine, store_db: Any,
+                                                         ws: Any) -> None:
+    use(ws, store_db.url, INVOICES)
+    run = ws.invoke("run", "--json")
+    assert run.code == 0, run.err
+    [got] = run.json()["rules"]
+    assert (got["done"], got["failed"], got["blocked"]) == (2, 0, 2)
+    assert got["blocked_by"] == [{"constraint": "lines_invoice_fk", "table": "invoice_lines",
+                                  "count": 2}]
+    with store.connect() as c:
+        assert sorted(c.execute(sa.text("select series, number from invoices")).all()) == [
+            ("A", 1), ("B", 2)]
+
+
+def test_validate_names_the_keys(store: sa.Engine, store_db: Any, ws: Any) -> None:
+    use(ws, store_db.url, CUSTOMERS, RENTALS)
+    res = ws.invoke("config", "validate")
+    assert res.code == 0, res.err
+    warned = [line for line in res.err.splitlines() if line.startswith("warning:")]
+    assert any("rules[0] (closed-customers)" in w and "rentals_customer_fk on rentals" in w
+               and "blocks" in w for w in warned), res.err
+    assert any("notes_customer_fk on notes" in w and "deletes" in w for w in warned), res.err
+    assert any("visits_customer_fk on visits" in w and "NULL" in w for w in warned), res.err
+    assert any("rules[1] (old-rentals)" in w and "payments_rental_fk on payments" in w
+               for w in warned), res.err
+
+
+def test_an_erasure_request_with_blocked_records_stays_open(store: sa.Engine, store_db: Any,
+                                                            ws: Any) -> None:
+    use(ws, store_db.url, {**CUSTOMERS, "dispose_after": None})
+    blocked = ws.invoke("request", "erase", "1", "--kind", "customer", "--json").json()["id"]
+    free = ws.invoke("request", "erase", "5", "--kind", "customer", "--json").json()["id"]
+    run = ws.invoke("run", "--json")
+    assert run.code == 0, run.err
+    [got] = run.json()["rules"]
+    assert (got["done"], got["failed"], got["blocked"]) == (1, 0, 1)
+    status = {q["id"]: q["status"] for q in run.json()["requests"]}
+    assert status[free] == "done"
+    assert status[blocked] == "open"
+    listed = ws.invoke("request", "list", "--open")
+    assert "1 blocked by foreign keys (rentals_customer_fk on rentals)" in listed.out
+    assert ids(store, "customers") == [1, 2, 3, 4, 6]
