@@ -237,3 +237,36 @@ def test_an_erasure_request_with_blocked_records_stays_open(store: sa.Engine, st
     listed = ws.invoke("request", "list", "--open")
     assert "1 blocked by foreign keys (rentals_customer_fk on rentals)" in listed.out
     assert ids(store, "customers") == [1, 2, 3, 4, 6]
+
+
+def test_a_partitioned_referencing_table_is_named_once(pg_schema: Any, ws: Any) -> None:
+    """PostgreSQL copies a partitioned table's key onto every partition; the records it
+    blocks are named once, by the parent table and its constraint."""
+    engine = pg_schema.engine()
+    with engine.begin() as c:
+        for ddl in (
+                "create table rentals (id int primary key, rented_at timestamp)",
+                "create table pay_parts (id int, rental_id int not null, paid_at timestamp "
+                "not null, constraint pay_parts_rental_fk foreign key (rental_id) references "
+                "rentals (id) on delete restrict) partition by range (paid_at)",
+                "create table pay_parts_old partition of pay_parts for values from "
+                "('2000-01-01') to ('2021-01-01')",
+                "create table pay_parts_new partition of pay_parts for values from "
+                "('2021-01-01') to (maxvalue)",
+                "insert into rentals select i, '2020-01-01' from generate_series(1, 5) i",
+                "insert into pay_parts values (1, 1, '2020-06-01'), (2, 1, '2024-06-01'), "
+                "(3, 3, '2024-06-01')"):
+            c.exec_driver_sql(ddl)
+    use(ws, pg_schema.url, RENTALS)
+    plan = ws.invoke("plan", "--json")
+    assert plan.code == 0, plan.err
+    [got] = plan.json()["rules"]
+    assert (got["due"], got["blocked"]) == (3, 2)
+    assert got["blocked_by"] == [{"constraint": "pay_parts_rental_fk", "table": "pay_parts",
+                                  "count": 2}]
+    run = ws.invoke("run", "--json")
+    assert run.code == 0, run.err
+    [got] = run.json()["rules"]
+    assert (got["done"], got["failed"], got["blocked"]) == (3, 0, 2)
+    assert ids(engine, "rentals") == [1, 3]
+    engine.dispose()
