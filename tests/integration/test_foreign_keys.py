@@ -270,3 +270,17 @@ def test_a_partitioned_referencing_table_is_named_once(pg_schema: Any, ws: Any) 
     assert (got["done"], got["failed"], got["blocked"]) == (3, 0, 2)
     assert ids(engine, "rentals") == [1, 3]
     engine.dispose()
+
+
+def test_isolate_is_blocked_and_cascades_like_delete(store: sa.Engine, store_db: Any,
+                                                     ws: Any) -> None:
+    use(ws, store_db.url, {**CUSTOMERS, "action": "isolate", "isolate": {"for": "30d"}},
+        RENTALS)
+    run = ws.invoke("run", "--json")
+    assert run.code == 0, run.err
+    got = rules_of(run.json())["closed-customers"]
+    assert (got["done"], got["failed"], got["blocked"]) == (2, 0, 3)
+    assert sorted(got["cascaded"], key=str) == sorted(
+        [{**NOTES_FK, "count": 2}, {**VISITS_FK, "count": 1}], key=str)
+    assert ids(store, "customers") == [1, 2, 3, 6]
+    assert ids(store, "customers_isolated") == [4, 5]
