@@ -5,6 +5,7 @@
     ├── PolicyError                 exit 2: the policy file is wrong (every problem, with its path)
     ├── DataError                   exit 2: the data in a store is not what the policy expects
     ├── StoreError                  exit 1: a store refused an operation (unsupported action, ...)
+    │   ├── RecordsFailed           exit 1: records of a batch failed alone; the rest were disposed
     │   └── StoreUnreachable        exit 3: a store cannot be reached
     ├── StateUnreachable            exit 3: retentiond's own state database cannot be reached
     ├── LeaseBusy                   exit 3: another sweeper holds the sweep lease
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 # Characters that would end or garble a line on a terminal or in the journal.
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
@@ -102,6 +104,25 @@ class DataError(RetentiondError):
 
 class StoreError(RetentiondError):
     exit_code = 1
+
+
+class RecordsFailed(StoreError):
+    """Some records of a batch failed with an integrity error nobody foresaw (a trigger, a
+    check constraint); the store disposed and committed the others, ``disposed``. ``failed``
+    counts the failing records by reason (a constraint's name or an error class, no values)."""
+
+    def __init__(self, disposed: list[Any], failed: Mapping[str, int]) -> None:
+        super().__init__(failure_line(failed))
+        self.disposed = disposed
+        self.failed = dict(failed)
+
+
+def failure_line(failed: Mapping[str, int]) -> str:
+    """``2 records failed: check constraint payments_amount_check (CheckViolation)``."""
+    total = sum(failed.values())
+    what = "; ".join(reason if len(failed) == 1 else f"{n} by {reason}"
+                     for reason, n in sorted(failed.items()))
+    return f"{total} record{'s' if total != 1 else ''} failed: {what}"
 
 
 class StoreUnreachable(StoreError):

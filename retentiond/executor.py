@@ -13,7 +13,7 @@ disposed record is in the ledger exactly once.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -24,7 +24,7 @@ from sqlalchemy.engine import Connection, Engine
 from retentiond import planner
 from retentiond.adapters.base import Adapter, Selection, merge_counts
 from retentiond.audit import ledger
-from retentiond.errors import StoreError
+from retentiond.errors import RecordsFailed, StoreError, failure_line
 from retentiond.log import get_logger
 from retentiond.policy.model import Policy, Rule
 from retentiond.state.cases import read_holds
@@ -54,11 +54,21 @@ class RuleResult:
     strategies: dict[str, str] | None = None
     error: str | None = None
     warnings: list[str] | None = None
+    failed_by: dict[str, int] = field(default_factory=dict)  # records failed alone, by reason
     # Due but referenced through a RESTRICT / NO ACTION foreign key: never attempted.
     blocked: int = 0
     blocked_by: list[dict[str, Any]] = field(default_factory=list)  # {constraint, table, count}
     # Rows of other tables deleted or rewritten through CASCADE / SET NULL keys.
     cascaded: list[dict[str, Any]] = field(default_factory=list)  # {.., action, count}
+
+    def records_failed(self, reasons: Mapping[str, int]) -> None:
+        """Count records that failed alone (their batch's others were disposed); the rule's
+        ``error`` line names every reason so far, without values."""
+        for reason, n in reasons.items():
+            self.failed_by[reason] = self.failed_by.get(reason, 0) + n
+            self.failed += n
+        if self.failed_by:
+            self.error = failure_line(self.failed_by)
 
     def as_json(self) -> dict[str, Any]:
         doc = {"rule": self.rule, "store": self.store, "target": self.target,
@@ -231,6 +241,7 @@ class Executor:
                 raise
             if batch is None:
                 return None
+            result.records_failed(batch.failed)
             if batch.disposed:
                 self._record(current, written["id"], written["refs"], written["json"])
                 result.done += len(batch.disposed)
@@ -262,6 +273,11 @@ class Executor:
         intent = self._intent(sel, list(refs.values()))
         try:
             disposed = self.adapters[rule.store].dispose(sel, keys)
+        except RecordsFailed as exc:
+            # The others were disposed and committed, under this batch's intent.
+            disposed = exc.disposed
+            if count:
+                result.records_failed(exc.failed)
         except StoreError:
             # The store rolled the batch back (or lost it); the intent stays behind for
             # reconcile to settle against what the store really holds.

@@ -258,12 +258,21 @@ def _execute(adapter: Adapter, planned: list[tuple[planner.OpenRequest | None, S
     if rule is None:
         return
     executor.adapters[rule.store] = adapter
-    current: Selection | None = None
+    first_error: StoreError | None = None
     try:
         for q, sel, _ in planned:
-            current = sel
+            # A failing selection (an erasure's) never skips the next (the time part).
+            before = result.failed
             executor.stopped_by_hold = False
-            done = executor.execute(sel, result)
+            try:
+                done = executor.execute(sel, result)
+            except StoreUnreachable:
+                result.failed = max(result.failed, before + _left(adapter, sel))
+                raise
+            except StoreError as exc:
+                result.failed = max(result.failed, before + _left(adapter, sel))
+                first_error = first_error or exc
+                continue
             result.held += _held_since(adapter, executor, sel)
             if executor.stopped_by_hold:
                 # What the new hold now protects.
@@ -273,13 +282,14 @@ def _execute(adapter: Adapter, planned: list[tuple[planner.OpenRequest | None, S
                     tracker.blocked(q, rule)
             if q is not None:
                 tracker.disposed(q, rule, done)
+                if result.failed > before:  # records of the request failed alone
+                    tracker.failed(rule)
             if executor.stopped:
                 break
-    except StoreError:
-        result.failed = max(result.failed, _left(adapter, current))
-        raise
     finally:
         result.due = result.done + result.failed
+    if first_error is not None:
+        raise first_error
 
 
 def _held_since(adapter: Adapter, executor: Executor, sel: Selection) -> int:

@@ -30,7 +30,10 @@ NULL subject, inserted in shuffled order):
   a clock; a selection whose ``subjects`` is empty covers nothing.
 * ``delete`` disposes exactly the given keys that still match the selection, in one
   transaction, and returns them: a key outside the selection, a key whose clock moved forward
-  after the scan, an unknown or already disposed key is left alone and not returned.
+  after the scan, an unknown or already disposed key is left alone and not returned. A record
+  the store refuses with an integrity error fails alone: the others are disposed and
+  :class:`~retentiond.errors.RecordsFailed` names them (or, where the store cannot tell
+  records apart, the batch fails as one transaction and nothing changes).
 * ``remaining`` returns exactly the given references whose records are still present.
 * The read-only methods (``validate``, ``count``, ``count_null_clock``, ``scan``,
   ``remaining``) change nothing in the store; an action the adapter does not declare is refused
@@ -63,7 +66,7 @@ import pytest
 from retentiond.adapters import registry
 from retentiond.adapters.base import Adapter, Candidate, Selection
 from retentiond.audit.ledger import Refs, hmac_sha256, key_text
-from retentiond.errors import StoreError, StoreUnreachable
+from retentiond.errors import RecordsFailed, StoreError, StoreUnreachable
 from retentiond.policy.model import Policy, Rule
 
 __all__ = ["CUTOFF", "AdapterContract", "Harness", "Record", "make_policy"]
@@ -375,7 +378,11 @@ class AdapterContract:
         assert disposed == wanted
         assert sorted(harness.keys()) == [r.key for r in records if r.key not in wanted]
 
-    def test_delete_is_one_transaction(self, harness: Harness, records: list[Record]) -> None:
+    def test_a_failing_record_fails_alone(self, harness: Harness,
+                                          records: list[Record]) -> None:
+        """A record the store refuses (SPEC 10: an integrity error nobody foresaw) fails alone:
+        the batch's others are disposed and named (:class:`RecordsFailed`). A store that
+        cannot tell them apart fails the batch as one transaction, changing nothing."""
         sel = self.selection(harness)
         due = self.expected(records, sel)
         try:
@@ -386,8 +393,14 @@ class AdapterContract:
         with pytest.raises(StoreError) as info:
             harness.adapter.delete(sel, due[:8])
         assert leak not in str(info.value), "the store's error text leaked into the message"
-        assert harness.snapshot() == before
-        assert sorted(harness.keys()) == [r.key for r in records]
+        if isinstance(info.value, RecordsFailed):
+            assert sorted(info.value.disposed) == sorted(due[:7])
+            assert sum(info.value.failed.values()) == 1
+            assert sorted(harness.keys()) == sorted(r.key for r in records
+                                                    if r.key not in due[:7])
+        else:
+            assert harness.snapshot() == before
+            assert sorted(harness.keys()) == [r.key for r in records]
 
     def test_unsupported_actions_are_refused(self, harness: Harness,
                                              records: list[Record]) -> None:

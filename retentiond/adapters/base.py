@@ -24,7 +24,7 @@ An adapter class is registered under a name in the ``retentiond.adapters`` entry
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -112,10 +112,12 @@ class NextBatch:
     """What one fast-path statement did: the keys it ``disposed`` (ascending) and the last key
     it *read* (``last_read``), from which the next batch continues; ``last_read`` is None when
     the selection had nothing left above ``after``. The two differ when a concurrent writer
-    changed or removed a picked record before the statement could lock it."""
+    changed or removed a picked record before the statement could lock it. ``failed`` counts
+    the records that failed alone with an integrity error, by reason (no values)."""
 
     disposed: list[Any]
     last_read: Any
+    failed: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -43,8 +43,9 @@ from retentiond.adapters.sqlexpr import (
     take_next,
     where_text,
 )
+from retentiond.adapters.sqlsplit import Attempt, integrity_reason, split
 from retentiond.adapters.sqltypes import LISTENERS, is_time_type, is_view, type_name
-from retentiond.errors import StoreError, StoreUnreachable
+from retentiond.errors import RecordsFailed, StoreError, StoreUnreachable
 from retentiond.log import get_logger, redact_url
 from retentiond.state import faults
 from retentiond.state.db import make_engine
@@ -404,11 +405,31 @@ class SqlAdapter(SqlChecks, SqlActions, SqlRefs, Adapter):
             return []
         table = self.table(selection.rule)
         key = self.key(selection.rule, table)
-        where = sa.and_(key.in_(self.engine.dialect.name, keys),
-                        self.predicate(selection, table))
-        with (self._errors(f"deleting from {table.name}"), self.engine.begin() as conn,
-              self.cascading_batch(conn, table, where)):
-            return delete_returning(conn, table, key, where)
+        selected = self.predicate(selection, table)
+
+        def attempt(conn: sa.Connection, part: Sequence[Any]) -> list[Any]:
+            where = sa.and_(key.in_(self.engine.dialect.name, part), selected)
+            with self.cascading_batch(conn, table, where):
+                return delete_returning(conn, table, key, where)
+
+        return self.each(f"deleting from {table.name}", keys, attempt)
+
+    def each(self, doing: str, keys: Sequence[Any], attempt: Attempt) -> list[Any]:
+        """Dispose ``keys`` with ``attempt`` in one transaction; when it fails with an
+        integrity error nobody foresaw, dispose them again record by record where needed
+        (:func:`split`) and raise :class:`RecordsFailed` naming what was disposed."""
+        with self._errors(doing):
+            try:
+                with self.engine.begin() as conn:
+                    return attempt(conn, keys)
+            except DBAPIError as exc:
+                if integrity_reason(exc) is None:
+                    raise
+            with self.engine.begin() as conn:
+                disposed, failed = split(conn, keys, attempt)
+        log.warning("records failed", doing=doing, failed=sum(failed.values()),
+                    disposed=len(disposed))
+        raise RecordsFailed(disposed, failed)
 
     def delete_next(self, selection: Selection, after: Any, limit: int,
                     intent: Callable[[list[Any]], None]) -> NextBatch | None:
@@ -438,11 +459,43 @@ class SqlAdapter(SqlChecks, SqlActions, SqlRefs, Adapter):
 
     def run_next(self, doing: str, dml: Any, key: Key, pick: sa.Select[Any],
                  intent: Callable[[list[Any]], None]) -> NextBatch:
-        with self._errors(doing), self.engine.begin() as conn:
-            batch = take_next(conn, dml, key, pick)
-            if batch.disposed:
-                intent(batch.disposed)  # durable before the store commits: a crash rolls back
-            return batch
+        written = False
+        with self._errors(doing):
+            try:
+                with self.engine.begin() as conn:
+                    batch = take_next(conn, dml, key, pick)
+                    if batch.disposed:
+                        # Durable before the store commits: a crash rolls back.
+                        intent(batch.disposed)
+                        written = True
+                    return batch
+            except DBAPIError as exc:
+                # Failing at COMMIT (a deferred constraint) leaves an intent behind that
+                # reconcile settles; disposing again under a second one could ledger twice.
+                if written or integrity_reason(exc) is None:
+                    raise
+            return self._next_alone(dml, key, pick, intent)
+
+    def _next_alone(self, dml: Any, key: Key, pick: sa.Select[Any],
+                    intent: Callable[[list[Any]], None]) -> NextBatch:
+        """The batch again after an integrity error: its keys read, then disposed with the
+        failing records alone (:func:`split`), the intent written before the commit."""
+        dialect = self.engine.dialect.name
+
+        def attempt(conn: sa.Connection, part: Sequence[Any]) -> list[Any]:
+            return key.values(conn.execute(dml.where(key.in_(dialect, part))
+                                           .returning(*key.read)).all())
+
+        one = (None if key.composite else
+               dml.where(key.cmp[0] == sa.bindparam("rd_key")))
+        with self.engine.begin() as conn:
+            picked = key.values(conn.execute(pick.with_only_columns(*key.read)).all())
+            disposed, failed = split(conn, picked, attempt, one)
+            disposed.sort(key=key.params)
+            if disposed:
+                intent(disposed)
+        log.warning("records failed", failed=sum(failed.values()), disposed=len(disposed))
+        return NextBatch(disposed, picked[-1] if picked else None, failed)
 
 
 _QUOTED = re.compile(r"""("[^"]*"|'[^']*'|`[^`]*`)""")

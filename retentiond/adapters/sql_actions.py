@@ -60,6 +60,8 @@ class SqlActions:
                  ) -> sa.Select[Any]: ...
         def run_next(self, doing: str, dml: Any, key: Key, pick: sa.Select[Any],
                      intent: Callable[[list[Any]], None]) -> NextBatch: ...
+        def each(self, doing: str, keys: Sequence[Any],
+                 attempt: Callable[[Connection, Sequence[Any]], list[Any]]) -> list[Any]: ...
 
     # -- anonymize ----------------------------------------------------------------------------
     def anonymize(self, selection: Selection, keys: Sequence[Any]) -> list[Any]:
@@ -69,14 +71,15 @@ class SqlActions:
         assert rule.anonymize is not None
         table = self.table(rule)
         key = self.key(rule, table)
-        where = sa.and_(key.in_(self.engine.dialect.name, keys),
-                        self.predicate(selection, table))
+        selected = self.predicate(selection, table)
         marker = table.c[rule.anonymize.marker]
         fixed = {marker.name: bound(marker, selection.now)}
         fixed |= self._sql_values(rule, table)
         computed = {c: anon.python_function(s, self._secret())
                     for c, s in rule.anonymize.columns.items() if not anon.is_sql(s)}
-        with self._errors(f"anonymising {table.name}"), self.engine.begin() as conn:
+
+        def attempt(conn: Connection, part: Sequence[Any]) -> list[Any]:
+            where = sa.and_(key.in_(self.engine.dialect.name, part), selected)
             _take_write_lock(conn, table, marker)
             if not computed:
                 return _update_returning(conn, table, key, where, fixed)
@@ -92,6 +95,8 @@ class SqlActions:
                                         for i, (c, fn) in enumerate(computed.items())}}
                                     for r in rows])
             return key.values(rows)
+
+        return self.each(f"anonymising {table.name}", keys, attempt)
 
     def anonymize_next(self, selection: Selection, after: Any, limit: int,
                        intent: Callable[[list[Any]], None]) -> NextBatch | None:
@@ -137,15 +142,16 @@ class SqlActions:
         table = self.table(rule)
         iso = self.isolated_table(rule, create=True)
         key = self.key(rule, table)
-        where = sa.and_(key.in_(self.engine.dialect.name, keys),
-                        self.predicate(selection, table))
+        selected = self.predicate(selection, table)
         now = datetime.now(UTC).replace(tzinfo=None)
         purge_after = (selection.purge_after or datetime.now(UTC)).astimezone(UTC).replace(
             tzinfo=None)
         columns = [c.name for c in table.columns]
         copy = sa.select(*table.columns, sa.literal(now, sa.DateTime),
                          sa.literal(rule.id, sa.String), sa.literal(purge_after, sa.DateTime))
-        with self._errors(f"isolating {table.name}"), self.engine.begin() as conn:
+
+        def attempt(conn: Connection, part: Sequence[Any]) -> list[Any]:
+            where = sa.and_(key.in_(self.engine.dialect.name, part), selected)
             _take_write_lock(conn, table, key.columns[0])
             locked = key.values(conn.execute(sa.select(*key.read).where(where)
                                              .with_for_update()).all())
@@ -156,6 +162,8 @@ class SqlActions:
                                                             copy.where(taken)))
                     conn.execute(sa.delete(table).where(taken))
             return locked
+
+        return self.each(f"isolating {table.name}", keys, attempt)
 
     @overload
     def isolated_table(self, rule: Rule, *, create: Literal[True]) -> sa.Table: ...
