@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sqlite3
 import statistics
 import sys
@@ -133,6 +134,7 @@ def bench(backend: str, n: int, batch: int, repeat: int, admin: str) -> dict[str
         if backend == "postgresql":
             for kind in runs:
                 pg_drop(admin, f"rdfail_{kind}")
+        shutil.rmtree(work, ignore_errors=True)
     clean = statistics.median(r["inner"] for r in runs["clean"])
     failing = statistics.median(r["inner"] for r in runs["failing"])
     return {"backend": backend, "rows": n, "due": n * 2 // 5, "batch": batch,
