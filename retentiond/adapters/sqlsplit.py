@@ -19,6 +19,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
@@ -248,7 +249,7 @@ def _pg_each(conn: Connection, one: Any, keys: Sequence[Any], disposed: list[Any
         if name is None:
             return "%"
         bind = compiled.binds[escaped.get(name, name)]
-        cast = conn.dialect.type_compiler_instance.process(bind.type)
+        cast = _unbounded(conn, bind.type)
         if name == "rd_key":
             return f"($1)::{cast}"
         if name not in names:
@@ -282,3 +283,20 @@ def _pg_class(sqlstate: str) -> str:
     from psycopg import errors
 
     return errors.lookup(sqlstate).__name__
+
+
+def _unbounded(conn: Connection, t: Any) -> str:
+    """The PostgreSQL type a parameter passed as text is cast back to, without the length or
+    precision of the column it is compared with: ``varchar(8)`` would truncate a value and
+    ``timestamp(0)`` round a cutoff up, loosening the selection the statement re-checks."""
+    if isinstance(t, sa.Enum):
+        return str(conn.dialect.type_compiler_instance.process(t))
+    if isinstance(t, sa.String):
+        return "text"
+    if isinstance(t, sa.Numeric) and not isinstance(t, sa.Float):
+        return "numeric"
+    if isinstance(t, sa.DateTime):
+        return "timestamptz" if t.timezone else "timestamp"
+    if isinstance(t, sa.Time):
+        return "timetz" if t.timezone else "time"
+    return str(conn.dialect.type_compiler_instance.process(t))
