@@ -23,7 +23,7 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from retentiond.adapters.base import Filter, Selection
+from retentiond.adapters.base import Filter, Guard, Selection
 from retentiond.policy.model import Rule
 from retentiond.timeutil import add, due_cutoff, due_gaps, never_longer, subtract
 
@@ -129,9 +129,56 @@ def earlier_due(y: Rule, x: Rule, order: dict[str, int]) -> bool:
 
 
 def _match(rule: Rule, sit: Situation, **kw: Any) -> Selection:
-    at = sit.local_now
-    return Selection(rule=rule, action="match", reason="", tz=sit.tz, now=at,
+    return _match_at(rule, sit.local_now, sit.tz, **kw)
+
+
+def _match_at(rule: Rule, at: datetime, tz: ZoneInfo, **kw: Any) -> Selection:
+    return Selection(rule=rule, action="match", reason="", tz=tz, now=at,
                      clock_cutoff=None, filters=resolve_filters(rule, at), **kw)
+
+
+def guard_holds(rules: tuple[Rule, ...], holds: ActiveHolds, at: datetime, tz: ZoneInfo
+                ) -> tuple[Selection, ...]:
+    """What the holds in force protect of ``rules`` (all on one table): everything a rule
+    under a hold matches, and the held subjects of the others."""
+    out: list[Selection] = []
+    for y in rules:
+        if holds.blanket(y):
+            out.append(_match_at(y, at, tz, protects=True))
+        elif y.subject and (held := holds.subjects_of(y.subject_kind)):
+            out.append(_match_at(y, at, tz, subjects=tuple(sorted(held)), protects=True))
+    return tuple(out)
+
+
+def cascade_guards(rule: Rule, sit: Situation) -> tuple[Guard, ...]:
+    """Per other table of ``rule``'s store with rules, the rows those rules protect (holds,
+    floors, on_erasure: keep). A disposal of ``rule`` that would delete or rewrite such a row
+    through a CASCADE / SET NULL foreign key is blocked (retention beats deletion on the
+    referencing table too). Conservative: a NULL or unparseable clock is inside the floor of a
+    rule with ``keep_for``, and a rule with ``keep_for`` but no clock protects all it
+    matches."""
+    at = sit.local_now
+    tables: dict[str, list[Rule]] = {}
+    for y in sit.rules:
+        if y.store == rule.store and y.target != rule.target:
+            tables.setdefault(y.target, []).append(y)
+    out: list[Guard] = []
+    for target, ys in tables.items():
+        floors: list[Selection] = []
+        keeps: list[Selection] = []
+        for y in ys:
+            if y.keep_for is not None and not y.clock:
+                floors.append(_match(y, sit, protects=True))
+            elif y.keep_for is not None:
+                floors.append(_match(y, sit, clock_after=due_cutoff(at, y.keep_for),
+                                     null_clock=True, protects=True))
+                floors += [_match(y, sit, clock_within=gap, protects=True)
+                           for gap in due_gaps(at, y.keep_for)]
+            if y.on_erasure == "keep" and (asked := sit.request_subjects(y)):
+                keeps.append(_match(y, sit, subjects=tuple(sorted(asked)), protects=True))
+        out.append(Guard(target, tuple(ys), tuple(floors), tuple(keeps),
+                         guard_holds(tuple(ys), sit.holds, at, sit.tz)))
+    return tuple(out)
 
 
 def _time_exclusions(rule: Rule, sit: Situation, *, holds: bool = True
@@ -250,32 +297,39 @@ def plan_rule(rule: Rule, sit: Situation, *, time_based: bool = True) -> RulePla
         held_excl = _held_erasure_exclusions(rule, sit)
         return RulePlan(rule, blanket, None, (), held, (),
                         tuple((q, _erasure(rule, q, sit, held_excl)) for q in requests))
-    erasures = tuple((q, _erasure(rule, q, sit, erasure_excl)) for q in requests)
+    guards = cascade_guards(rule, sit)
+    erasures = tuple((q, _erasure(rule, q, sit, erasure_excl, guards)) for q in requests)
     held_list: list[Selection] = []
     if base is not None and held_subjects - asked:
         held_list.append(replace(base, subjects=tuple(sorted(held_subjects - asked))))
     blocked = tuple(q for q in requests if q.subject in held_subjects)
     held_list += [s for q, s in erasures if q in blocked]
-    time = (replace(base, exclude_subjects=tuple(sorted(held_subjects | asked)))
+    time = (replace(base, exclude_subjects=tuple(sorted(held_subjects | asked)),
+                    guards=guards)
             if base is not None else None)
     return RulePlan(rule, None, time, tuple((q, s) for q, s in erasures if q not in blocked),
                     tuple(held_list), blocked)
 
 
 def _erasure(rule: Rule, q: OpenRequest, sit: Situation,
-             exclude: tuple[Selection, ...]) -> Selection:
+             exclude: tuple[Selection, ...], guards: tuple[Guard, ...] = ()) -> Selection:
     action = rule.erasure_action
     at = sit.local_now
     return Selection(rule=rule, action=action, reason=f"erasure:{q.id}", tz=sit.tz, now=at,
                      clock_cutoff=None, filters=resolve_filters(rule, at), subjects=(q.subject,),
-                     subject_ref=q.subject_ref, exclude=exclude,
+                     subject_ref=q.subject_ref, exclude=exclude, guards=guards,
                      detail={"request_id": q.id})
 
 
 def reapply_holds(sel: Selection, holds: ActiveHolds) -> Selection | None:
     """A selection brought up to date with the holds in force now (re-read inside every batch).
-    None when a hold now covers the whole rule or the request's subject."""
+    None when a hold now covers the whole rule or the request's subject. The holds of its
+    cascade guards are brought up to date too."""
     rule = sel.rule
+    if sel.guards:
+        sel = replace(sel, guards=tuple(
+            replace(g, holds=guard_holds(g.rules, holds, sel.now, sel.tz))
+            for g in sel.guards))
     if holds.blanket(rule):
         return None
     held = holds.subjects_of(rule.subject_kind) if rule.subject else frozenset()

@@ -49,6 +49,26 @@ class Filter:
 
 
 @dataclass(frozen=True)
+class Guard:
+    """What the rules of another table of the store protect there (``table``, as those rules
+    name it): a row of it that one of ``selections`` covers must stay. A CASCADE / SET NULL
+    foreign key from that table blocks a disposal of a record such a row refers to (it would
+    delete or rewrite the protected row). ``floors`` (keep_for, with NULL and unparseable
+    clocks protected) and ``keeps`` (on_erasure: keep of open requests) are fixed by the plan;
+    ``holds`` are brought up to date with the holds in force by ``planner.reapply_holds``."""
+
+    table: str
+    rules: tuple[Rule, ...]
+    floors: tuple[Selection, ...] = ()
+    keeps: tuple[Selection, ...] = ()
+    holds: tuple[Selection, ...] = ()
+
+    @property
+    def selections(self) -> tuple[Selection, ...]:
+        return self.holds + self.floors + self.keeps
+
+
+@dataclass(frozen=True)
 class Selection:
     """What the planner allows one rule to dispose in one sweep. Adapter-neutral.
 
@@ -76,6 +96,7 @@ class Selection:
     subjects: tuple[str, ...] | None = None
     exclude_subjects: tuple[str, ...] = ()
     clock_after: datetime | None = None
+    null_clock: bool = False  # with clock_after: a NULL clock counts as after (protected)
     clock_within: tuple[datetime, datetime] | None = None  # lo < clock < hi (due_gaps)
     exclude: tuple[Selection, ...] = ()
     purge_after: datetime | None = None  # isolate: when the isolated copy is purged
@@ -87,6 +108,9 @@ class Selection:
     # ACTION foreign key): on for every disposal; off to count what holds protect, and what
     # the keys block (the selection without it, minus with it).
     skip_blocked: bool = True
+    # Per other table of the store with rules: what those rules protect there. A CASCADE /
+    # SET NULL key from such a table blocks records a protected row refers to, like RESTRICT.
+    guards: tuple[Guard, ...] = ()
     subject_ref: str | None = None
     detail: dict[str, Any] = field(default_factory=dict)
 

@@ -12,7 +12,12 @@ it matters:
   subqueries when it re-checks a locked row) makes the statement fail with a foreign-key
   violation: the store protecting itself; nothing is disposed by that batch.
 * CASCADE / SET NULL: the disposal deletes or rewrites referencing rows; they are counted
-  (one level deep: rows a cascaded delete cascades to in turn are not counted).
+  (one level deep: rows a cascaded delete cascades to in turn are not counted). When the
+  referencing table has rules of its own, a record that a row those rules *protect* refers to
+  (a hold, a floor, on_erasure: keep: the selection's :class:`Guard` for that table) is
+  blocked like a RESTRICT one, by a ``NOT EXISTS`` on the disposing statement; unprotected
+  referencing rows still cascade. Not covered: a table referring to itself, and protected
+  rows further down a cascade chain (two levels or more).
 
 A partitioned referencing table (PostgreSQL) is named once, by its parent and the parent's
 constraint; the partitions' copies are skipped. Unnamed constraints (SQLite) are named by
@@ -28,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
-from retentiond.adapters.base import Problem, Selection
+from retentiond.adapters.base import Guard, Problem, Selection
 
 if TYPE_CHECKING:
     from contextlib import AbstractContextManager
@@ -118,7 +123,29 @@ class SqlRefs:
         rows (delete, isolate); nothing otherwise."""
         if not sel.skip_blocked or sel.action not in REMOVES:
             return []
-        return [~r.refers(table) for r in self.references(table) if r.effect == "block"]
+        return [~exists for _, exists in self._blockers(sel, table)]
+
+    def _blockers(self, sel: Selection, table: sa.Table) -> list[tuple[Reference, sa.Exists]]:
+        """Per key that blocks records of ``sel``: RESTRICT / NO ACTION keys (any referencing
+        row blocks), and CASCADE / SET NULL keys from a table the selection guards (a
+        referencing row its rules protect blocks)."""
+        out: list[tuple[Reference, sa.Exists]] = []
+        for r in self.references(table):
+            if r.effect == "block":
+                out.append((r, r.refers(table)))
+                continue
+            guard = _guard_of(r, sel.guards)
+            if guard is None or not guard.selections:
+                continue
+            source = self.table(guard.selections[0].rule)
+            if source is table:  # a table referring to itself: not covered
+                continue
+            joins = [source.c[c] == table.c[p]
+                     for c, p in zip(r.columns, r.referred, strict=True)]
+            protected = sa.or_(*(self.predicate(s, source) for s in guard.selections))
+            out.append((r, sa.exists(sa.select(sa.literal(1)).select_from(source)
+                                     .where(*joins, protected))))
+        return out
 
     def blocked(self, selection: Selection) -> tuple[int, list[dict[str, Any]]]:
         """Records the blocking keys leave out of the selection (the selection without them,
@@ -127,7 +154,7 @@ class SqlRefs:
         if selection.action not in REMOVES or selection.everything_excluded:
             return 0, []
         table = self.table(selection.rule)
-        keys = [r for r in self.references(table) if r.effect == "block"]
+        keys = self._blockers(selection, table)
         if not keys:
             return 0, []
         whole = replace(selection, skip_blocked=False)
@@ -137,7 +164,7 @@ class SqlRefs:
         where = self.predicate(whole, table)
         by = [{"constraint": r.constraint, "table": r.table,
                "count": self._scalar(sa.select(sa.func.count()).select_from(table)
-                                     .where(where, r.refers(table)))} for r in keys]
+                                     .where(where, exists))} for r, exists in keys]
         return total, [b for b in by if b["count"]]
 
     def cascades(self, selection: Selection) -> list[dict[str, Any]]:
@@ -211,3 +238,17 @@ class SqlRefs:
                  f"({', '.join(r.columns)}) {says[r.effect]}")
                 for r in self.references(table)]
 
+
+
+def _guard_of(ref: Reference, guards: tuple[Guard, ...]) -> Guard | None:
+    """The guard of the referencing table: the same name, or the same bare name when one of
+    the two has no schema (matching too much only blocks more)."""
+    for g in guards:
+        if g.table == ref.table:
+            return g
+    bare = ref.table.rpartition(".")[2]
+    for g in guards:
+        if g.table.rpartition(".")[2] == bare and ("." not in g.table
+                                                   or "." not in ref.table):
+            return g
+    return None

@@ -142,7 +142,8 @@ def clock_parts(clock: sa.Column[Any], sel: Selection, dialect: str
         if ok is not None:
             parts.append(ok)
     if sel.clock_after is not None:
-        parts.append(protect(clock > clock_bound(clock, sel.clock_after, fmt)))
+        after = clock > clock_bound(clock, sel.clock_after, fmt)
+        parts.append(protect(sa.or_(after, clock.is_(None)) if sel.null_clock else after))
     if sel.clock_within is not None:
         lo, hi = sel.clock_within
         parts.append(protect(sa.and_(clock > clock_bound(clock, lo, fmt),

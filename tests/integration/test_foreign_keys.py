@@ -284,3 +284,119 @@ def test_isolate_is_blocked_and_cascades_like_delete(store: sa.Engine, store_db:
         [{**NOTES_FK, "count": 2}, {**VISITS_FK, "count": 1}], key=str)
     assert ids(store, "customers") == [1, 2, 3, 6]
     assert ids(store, "customers_isolated") == [4, 5]
+
+
+# -- CASCADE / SET NULL from a table whose own rules protect rows (SPEC 3.2) -----------------
+# rentals 1-5 are old (due), 6 is recent. Payments refer to rentals 1, 2, 3 (twice) and 4:
+# p2 and p4 are recent, p5 has no clock. Subjects: the customers 10..40.
+LEDGER = {"id": "payment-ledger", "store": "app", "table": "payments", "key": "id",
+          "subject": "customer_id", "subject_kind": "customer", "clock": "paid_at",
+          "dispose_after": "10y", "action": "delete"}
+CASCADE_FK = {"constraint": "payments_rental_fk", "table": "payments"}
+
+
+def seed_cascading(engine: sa.Engine, ondelete: str) -> None:
+    md = sa.MetaData()
+    opts = {"mysql_engine": "InnoDB"}
+    rentals = sa.Table("rentals", md, sa.Column("id", sa.Integer, primary_key=True,
+                                                autoincrement=False),
+                       sa.Column("rented_at", sa.DateTime), **opts)
+    payments = sa.Table("payments", md, sa.Column("id", sa.Integer, primary_key=True,
+                                                  autoincrement=False),
+                        sa.Column("rental_id", sa.Integer, nullable=True),
+                        sa.Column("customer_id", sa.Integer, nullable=False),
+                        sa.Column("paid_at", sa.DateTime, nullable=True),
+                        sa.ForeignKeyConstraint(["rental_id"], ["rentals.id"],
+                                                name="payments_rental_fk", ondelete=ondelete),
+                        **opts)
+    md.create_all(engine)
+    with engine.begin() as c:
+        c.execute(rentals.insert(), [{"id": i, "rented_at": NEW if i == 6 else OLD}
+                                     for i in range(1, 7)])
+        c.execute(payments.insert(), [
+            {"id": 1, "rental_id": 1, "customer_id": 10, "paid_at": OLD},
+            {"id": 2, "rental_id": 2, "customer_id": 20, "paid_at": NEW},
+            {"id": 3, "rental_id": 3, "customer_id": 30, "paid_at": OLD},
+            {"id": 4, "rental_id": 3, "customer_id": 30, "paid_at": NEW},
+            {"id": 5, "rental_id": 4, "customer_id": 40, "paid_at": None}])
+
+
+def payments_of(engine: sa.Engine) -> list[tuple[Any, ...]]:
+    with engine.connect() as c:
+        return [tuple(r) for r in c.execute(sa.text(
+            "select id, rental_id from payments order by id")).all()]
+
+
+ALL_PAYMENTS = [(1, 1), (2, 2), (3, 3), (4, 3), (5, 4)]
+
+
+def plan_and_run(ws: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    plan = ws.invoke("plan", "--json")
+    assert plan.code == 0, plan.err
+    run = ws.invoke("run", "--json")
+    assert run.code == 0, run.err
+    return rules_of(plan.json())["old-rentals"], rules_of(run.json())["old-rentals"]
+
+
+@pytest.mark.parametrize("ondelete", ["CASCADE", "SET NULL"])
+def test_a_hold_on_the_referencing_rule_blocks_the_cascade(store_db: Any, ws: Any,
+                                                           ondelete: str) -> None:
+    engine = store_db.engine()
+    seed_cascading(engine, ondelete)
+    use(ws, store_db.url, RENTALS, LEDGER)
+    assert ws.invoke("hold", "add", "--rule", "payment-ledger", "--reason", "audit").code == 0
+    plan, run = plan_and_run(ws)
+    # Rentals 1-4 are referenced by held payments: blocked; rental 5 is free.
+    assert (plan["due"], plan["blocked"]) == (1, 4)
+    assert plan["blocked_by"] == [{**CASCADE_FK, "count": 4}]
+    assert plan.get("cascaded", []) == []
+    assert (run["done"], run["failed"], run["blocked"]) == (1, 0, 4)
+    assert run["blocked_by"] == [{**CASCADE_FK, "count": 4}]
+    assert run.get("cascaded", []) == []
+    assert ids(engine, "rentals") == [1, 2, 3, 4, 6]
+    assert payments_of(engine) == ALL_PAYMENTS
+    engine.dispose()
+
+
+@pytest.mark.parametrize("protection", ["hold", "on_erasure_keep"])
+def test_a_subject_hold_blocks_only_its_payments_rental(store_db: Any, ws: Any,
+                                                        protection: str) -> None:
+    engine = store_db.engine()
+    seed_cascading(engine, "CASCADE")
+    if protection == "hold":
+        use(ws, store_db.url, RENTALS, LEDGER)
+        done = ws.invoke("hold", "add", "--subject", "20", "--kind", "customer", "--reason",
+                         "x")
+    else:  # an erasure request for customer 20, whose payments a legal obligation keeps
+        use(ws, store_db.url, RENTALS, {**LEDGER, "on_erasure": "keep",
+                                        "legal_basis": "tax law"})
+        done = ws.invoke("request", "erase", "20", "--kind", "customer")
+    assert done.code == 0, done.err
+    plan, run = plan_and_run(ws)
+    assert (plan["due"], plan["blocked"]) == (4, 1)
+    assert plan["blocked_by"] == [{**CASCADE_FK, "count": 1}]
+    assert plan["cascaded"] == [{**CASCADE_FK, "action": "delete", "count": 4}]
+    assert (run["done"], run["failed"], run["blocked"]) == (4, 0, 1)
+    assert run["blocked_by"] == [{**CASCADE_FK, "count": 1}]
+    assert run["cascaded"] == [{**CASCADE_FK, "action": "delete", "count": 4}]
+    assert ids(engine, "rentals") == [2, 6]
+    assert payments_of(engine) == [(2, 2)]
+    engine.dispose()
+
+
+def test_a_floor_on_the_referencing_rule_blocks_the_cascade(store_db: Any, ws: Any) -> None:
+    engine = store_db.engine()
+    seed_cascading(engine, "CASCADE")
+    use(ws, store_db.url, RENTALS, {**LEDGER, "keep_for": "1y"})
+    plan, run = plan_and_run(ws)
+    # p2 and p4 are recent and p5 has no clock: inside the floor, rentals 2, 3, 4 blocked.
+    # Rentals 1 and 5 go, and p1 (past the floor, not yet due) cascades.
+    assert (plan["due"], plan["blocked"]) == (2, 3)
+    assert plan["blocked_by"] == [{**CASCADE_FK, "count": 3}]
+    assert plan["cascaded"] == [{**CASCADE_FK, "action": "delete", "count": 1}]
+    assert (run["done"], run["failed"], run["blocked"]) == (2, 0, 3)
+    assert run["blocked_by"] == [{**CASCADE_FK, "count": 3}]
+    assert run["cascaded"] == [{**CASCADE_FK, "action": "delete", "count": 1}]
+    assert ids(engine, "rentals") == [2, 3, 4, 6]
+    assert payments_of(engine) == [(2, 2), (3, 3), (4, 3), (5, 4)]
+    engine.dispose()

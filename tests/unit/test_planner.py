@@ -165,3 +165,30 @@ def test_plan_rule_splits_held_requested_and_time() -> None:
                                         requests))
     assert blanket.hold == "h" and blanket.time is None and blanket.erasures == ()
     assert parse_duration("1y").months == 12
+
+
+def test_cascade_guards_carry_the_referencing_tables_protections_and_follow_holds() -> None:
+    """A rule's disposing selections carry, per other table of its store with rules, what
+    those rules protect; reapply_holds brings the guards' holds up to date."""
+    from retentiond.planner import reapply_holds
+
+    rentals = Rule.model_validate({"id": "rentals", "store": "app", "table": "rentals",
+                                   "key": "id", "clock": "rented_at", "dispose_after": "1y",
+                                   "action": "delete"})
+    ledger = Rule.model_validate({**_rule(1, "7y", "10y", "keep", "paid_at").model_dump(
+        by_alias=True, exclude_none=True), "id": "ledger", "table": "payments"})
+    sit = Situation(NOW, TZ, (rentals, ledger),
+                    requests=(OpenRequest("q1", "user", "2", "ref", NOW),))
+    time = plan_rule(rentals, sit).time
+    assert time is not None
+    [guard] = time.guards
+    assert guard.table == "payments" and guard.rules == (ledger,)
+    assert guard.holds == ()
+    assert guard.floors[0].clock_after is not None and guard.floors[0].null_clock
+    assert [k.subjects for k in guard.keeps] == [("2",)]
+    fresh = reapply_holds(time, ActiveHolds(rules={"ledger": "h1"}))
+    assert fresh is not None
+    assert [(h.rule.id, h.subjects) for h in fresh.guards[0].holds] == [("ledger", None)]
+    fresh = reapply_holds(time, ActiveHolds(subjects={"user": frozenset({"3"})}))
+    assert fresh is not None
+    assert [h.subjects for h in fresh.guards[0].holds] == [("3",)]
