@@ -18,6 +18,7 @@ property tests). Both must agree.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -243,18 +244,26 @@ def time_selection(rule: Rule, now: datetime, tz: ZoneInfo) -> Selection | None:
                      clock_cutoff=cutoff, filters=filters, exclude=gaps)
 
 
-def fk_order(rules: list[Rule], referencing: dict[str, frozenset[str]]) -> list[Rule]:
+def fk_order(rules: list[Rule], referencing: dict[str, frozenset[str]],
+             schemas: Mapping[str, str | None] | None = None) -> list[Rule]:
     """Rules in foreign-key order: a rule waits for the rules (of its store) on the targets
     that refer to its target (``referencing[rule.id]``), so rows that block or cascade from
     its records are disposed by their own rules first. Otherwise, and within a cycle, the
-    order of the policy file."""
+    order of the policy file. ``schemas``: per store, its default schema; a bare name is
+    in it on both sides (``public.items`` is ``items``)."""
     left = list(rules)
     out: list[Rule] = []
+    defaults = schemas or {}
+
+    def norm(store: str, name: str) -> str:
+        default = defaults.get(store)
+        return f"{default}.{name}" if default and "." not in name else name
 
     def waits(r: Rule) -> bool:
-        refs = referencing.get(r.id, frozenset())
-        return any(o.store == r.store and o.target != r.target and o.target in refs
-                   for o in left if o is not r)
+        refs = {norm(r.store, t) for t in referencing.get(r.id, frozenset())}
+        mine = norm(r.store, r.target)
+        return any(o.store == r.store and norm(o.store, o.target) != mine
+                   and norm(o.store, o.target) in refs for o in left if o is not r)
 
     while left:
         nxt = next((r for r in left if not waits(r)), left[0])  # left[0]: a cycle

@@ -154,12 +154,16 @@ def _in_fk_order(app: App, rules: list[Rule], report: SweepReport) -> list[Rule]
     ``report.order`` names, per store, the order when it is not the file's. A store that
     cannot be read here keeps the file's order (its rules fail on their own)."""
     referencing: dict[str, frozenset[str]] = {}
+    schemas: dict[str, str | None] = {}
     for rule in rules:
         try:
-            referencing[rule.id] = app.adapter(rule.store).referencing(rule)
+            adapter = app.adapter(rule.store)
+            referencing[rule.id] = adapter.referencing(rule)
+            if rule.store not in schemas:
+                schemas[rule.store] = adapter.default_schema()
         except (RetentiondError, NoSuchTableError, KeyError) as exc:
             log.debug("foreign keys not read", rule=rule.id, error=type(exc).__name__)
-    ordered = planner.fk_order(rules, referencing)
+    ordered = planner.fk_order(rules, referencing, schemas)
     for store in dict.fromkeys(r.store for r in rules):
         mine = [r.id for r in ordered if r.store == store]
         if mine != [r.id for r in rules if r.store == store]:

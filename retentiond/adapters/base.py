@@ -234,6 +234,11 @@ class Adapter(abc.ABC):
         rules run first. Default: none."""
         return frozenset()
 
+    def default_schema(self) -> str | None:
+        """The schema a bare table name is in, so that :meth:`referencing`'s names and the
+        rules' targets compare (``public.items`` is ``items``). Default: none."""
+        return None
+
     def reference_warnings(self, rule: Rule) -> list[Problem]:
         """What will block or cascade from a rule's disposals, for ``config validate``."""
         return []

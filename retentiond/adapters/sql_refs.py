@@ -19,6 +19,8 @@ it matters:
   referencing rows still cascade. Not covered: a table referring to itself, and protected
   rows further down a cascade chain (two levels or more).
 
+Keys from any schema of the store count (PostgreSQL, MariaDB: one catalog query; SQLite: its
+main database): one from another schema than the rule's table is named ``schema.table``.
 A partitioned referencing table (PostgreSQL) is named once, by its parent and the parent's
 constraint; the partitions' copies are skipped. Unnamed constraints (SQLite) are named by
 their columns, ``rentals(customer_id)``.
@@ -45,6 +47,39 @@ if TYPE_CHECKING:
 # ON DELETE as reflected (None: the default, NO ACTION) -> what a disposal meets.
 _ON_DELETE = {"CASCADE": "delete", "SET NULL": "set_null"}
 REMOVES = ("delete", "isolate")
+
+# Every foreign key of any schema that refers to the table :s.:n (:s None: as the connection
+# resolves the bare name), a row per column pair in key order: constraint, the referencing
+# table's schema and name, ON DELETE, referencing column, referred column. PostgreSQL: the
+# copies a partition inherits from its parent's key (conparentid <> 0) are skipped, the key is
+# named once by its parent.
+_PG_REFS = """
+select c.conname, n.nspname, t.relname,
+       case c.confdeltype when 'c' then 'CASCADE' when 'n' then 'SET NULL'
+            when 'd' then 'SET DEFAULT' when 'r' then 'RESTRICT' else 'NO ACTION' end,
+       a.attname, fa.attname
+from pg_constraint c
+join pg_class t on t.oid = c.conrelid
+join pg_namespace n on n.oid = t.relnamespace
+cross join lateral unnest(c.conkey, c.confkey) with ordinality as k(col, ref, i)
+join pg_attribute a on a.attrelid = c.conrelid and a.attnum = k.col
+join pg_attribute fa on fa.attrelid = c.confrelid and fa.attnum = k.ref
+where c.contype = 'f' and c.conparentid = 0
+  and c.confrelid = (case when cast(:s as text) is null then quote_ident(:n)
+                     else quote_ident(cast(:s as text)) || '.' || quote_ident(:n)
+                     end)::regclass
+order by n.nspname, t.relname, c.conname, k.i
+"""
+_MY_REFS = """
+select rc.CONSTRAINT_NAME, k.TABLE_SCHEMA, k.TABLE_NAME, rc.DELETE_RULE, k.COLUMN_NAME,
+       k.REFERENCED_COLUMN_NAME
+from information_schema.REFERENTIAL_CONSTRAINTS rc
+join information_schema.KEY_COLUMN_USAGE k
+  on k.CONSTRAINT_SCHEMA = rc.CONSTRAINT_SCHEMA and k.CONSTRAINT_NAME = rc.CONSTRAINT_NAME
+ and k.TABLE_NAME = rc.TABLE_NAME
+where k.REFERENCED_TABLE_SCHEMA = coalesce(:s, database()) and k.REFERENCED_TABLE_NAME = :n
+order by k.TABLE_SCHEMA, k.TABLE_NAME, rc.CONSTRAINT_NAME, k.ORDINAL_POSITION
+"""
 
 
 @dataclass(frozen=True)
@@ -80,7 +115,8 @@ class SqlRefs:
         def count(self, selection: Selection) -> int: ...
 
     def references(self, table: sa.Table) -> list[Reference]:
-        """Foreign keys of the same schema that refer to ``table``."""
+        """Foreign keys that refer to ``table``: from any schema of the store (PostgreSQL,
+        MariaDB), from its own database (SQLite)."""
         name = table.name if table.schema is None else f"{table.schema}.{table.name}"
         if name not in self._refs:
             with self._errors(f"reading the foreign keys that refer to {table.name}"):
@@ -88,14 +124,46 @@ class SqlRefs:
         return self._refs[name]
 
     def _reflect(self, table: sa.Table) -> list[Reference]:
+        dialect = self.engine.dialect.name
+        if dialect == "postgresql":
+            return self._reflect_catalog(table, _PG_REFS)
+        if dialect in ("mysql", "mariadb"):
+            return self._reflect_catalog(table, _MY_REFS)
+        return self._reflect_same_schema(table)
+
+    def _reflect_catalog(self, table: sa.Table, query: str) -> list[Reference]:
+        """Every foreign key, in any schema of the store, that refers to ``table``: one
+        catalog query. A key from another schema is named ``schema.table``."""
+        schema = table.schema
+        with self.engine.connect() as conn:
+            default = sa.inspect(conn).default_schema_name
+            rows = conn.execute(sa.text(query), {"s": schema, "n": table.name}).all()
+        keys: dict[tuple[str, str, str], tuple[str, list[str], list[str]]] = {}
+        for name, ref_schema, other, rule, col, referred in rows:
+            at = (str(ref_schema), str(other), str(name))
+            keys.setdefault(at, (str(rule), [], []))
+            keys[at][1].append(str(col))
+            keys[at][2].append(str(referred))
+        mine = schema or default
+        out: list[Reference] = []
+        for (ref_schema, other, name), (rule, cols, referred) in sorted(
+                keys.items(), key=lambda kv: (kv[0][0] != mine, kv[0])):
+            if ref_schema == mine:
+                source_schema, label = schema, (other if schema is None
+                                                else f"{schema}.{other}")
+            else:
+                source_schema, label = ref_schema, f"{ref_schema}.{other}"
+            lite = sa.table(other, *(sa.column(c) for c in cols), schema=source_schema)
+            out.append(Reference(name, label, lite.alias(f"rtd_ref{len(out)}"), tuple(cols),
+                                 tuple(referred), _ON_DELETE.get(rule.upper(), "block")))
+        return out
+
+    def _reflect_same_schema(self, table: sa.Table) -> list[Reference]:
         insp = sa.inspect(self.engine)
         schema = table.schema
-        partitions = self._partitions(schema or insp.default_schema_name)
         out: list[Reference] = []
         every = insp.get_multi_foreign_keys(schema=schema)  # one catalog query where it can
         for (_, other), fks in sorted(every.items(), key=lambda kv: kv[0][1]):
-            if other in partitions:
-                continue
             for fk in fks:
                 if (fk["referred_table"] != table.name
                         or (fk.get("referred_schema") or schema) != schema):
@@ -109,14 +177,6 @@ class SqlRefs:
                     lite.alias(f"rtd_ref{len(out)}"), cols, tuple(fk["referred_columns"]),
                     _ON_DELETE.get(ondelete, "block")))
         return out
-
-    def _partitions(self, schema: str | None) -> set[str]:
-        if self.engine.dialect.name != "postgresql":
-            return set()
-        q = sa.text("select c.relname from pg_class c join pg_namespace n on n.oid = "
-                    "c.relnamespace where c.relispartition and n.nspname = :s")
-        with self.engine.connect() as conn:
-            return set(conn.execute(q, {"s": schema}).scalars())
 
     def blocking(self, sel: Selection, table: sa.Table) -> list[sa.ColumnElement[bool]]:
         """``NOT EXISTS`` a referencing row, per blocking key, for a disposal that removes
@@ -224,6 +284,10 @@ class SqlRefs:
     def referencing(self, rule: Rule) -> frozenset[str]:
         table = self.table(rule)
         return frozenset(r.table for r in self.references(table))
+
+    def default_schema(self) -> str | None:
+        with self._errors("reading the default schema"):
+            return sa.inspect(self.engine).default_schema_name
 
     def reference_warnings(self, rule: Rule) -> list[Problem]:
         if not ({rule.action, rule.on_erasure} & set(REMOVES)):

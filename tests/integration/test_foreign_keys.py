@@ -8,12 +8,14 @@ Every count below is worked out by hand from the rows ``seed`` writes."""
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from conftest import MY_ADMIN
 from helpers import ledger
 
 OLD = datetime(2020, 1, 1, 12, 0, 0)
@@ -400,3 +402,131 @@ def test_a_floor_on_the_referencing_rule_blocks_the_cascade(store_db: Any, ws: A
     assert ids(engine, "rentals") == [2, 3, 4, 6]
     assert payments_of(engine) == [(2, 2), (3, 3), (4, 3), (5, 4)]
     engine.dispose()
+
+
+# -- foreign keys from another schema of the store, and names with or without a schema -------
+def test_fk_order_compares_names_in_the_default_schema(store: sa.Engine, store_db: Any,
+                                                       ws: Any) -> None:
+    """A rule naming ``<default schema>.customers`` still waits for the rule on the bare
+    ``rentals`` that refers to it."""
+    schema = sa.inspect(store).default_schema_name
+    use(ws, store_db.url, {**CUSTOMERS, "table": f"{schema}.customers"}, RENTALS)
+    plan = ws.invoke("plan", "--json")
+    assert plan.code == 0, plan.err
+    assert [r["rule"] for r in plan.json()["rules"]] == ["old-rentals", "closed-customers"]
+
+
+def test_fk_order_normalizes_both_sides() -> None:
+    from retentiond.planner import fk_order
+    from retentiond.policy.model import Rule
+
+    def rule(i: str, table: str) -> Rule:
+        return Rule.model_validate({"id": i, "store": "app", "table": table, "key": "id",
+                                    "clock": "at", "dispose_after": "1y", "action": "delete"})
+
+    items, lines = rule("items", "items"), rule("lines", "public.lines")
+    refs = {"items": frozenset({"lines"}), "lines": frozenset()}
+    assert fk_order([items, lines], refs, {"app": "public"}) == [lines, items]
+    refs = {"items": frozenset({"public.lines"}), "lines": frozenset()}
+    assert fk_order([items, rule("lines", "lines")], refs, {"app": "public"})[0].id == "lines"
+    # Another schema's table of the same name is not the rule's.
+    refs = {"items": frozenset({"other.lines"}), "lines": frozenset()}
+    assert fk_order([items, lines], refs, {"app": "public"}) == [items, lines]
+
+
+NODES = {"id": "old-nodes", "store": "app", "table": "nodes", "key": "id",
+         "clock": "created_at", "dispose_after": "1y", "action": "delete"}
+
+
+@pytest.fixture
+def pg_other(pg_schema: Any) -> Iterator[tuple[sa.Engine, str]]:
+    """The test's schema with nodes 1 and 2 (both due), and a second schema of its own."""
+    engine = pg_schema.engine()
+    other = f"o_{uuid.uuid4().hex[:12]}"
+    with engine.begin() as c:
+        c.exec_driver_sql(f'create schema "{other}"')
+        c.exec_driver_sql("create table nodes (id int primary key, created_at timestamp)")
+        c.exec_driver_sql("insert into nodes values (1, '2020-01-01'), (2, '2020-01-01')")
+    try:
+        yield engine, other
+    finally:
+        with engine.begin() as c:
+            c.exec_driver_sql(f'drop schema "{other}" cascade')
+        engine.dispose()
+
+
+def test_a_key_from_another_schema_blocks_pg(pg_other: tuple[sa.Engine, str],
+                                             pg_schema: Any, ws: Any) -> None:
+    engine, other = pg_other
+    schema = sa.inspect(engine).default_schema_name
+    with engine.begin() as c:
+        c.exec_driver_sql(f'create table "{other}".refs (a int references "{schema}".nodes(id))')
+        c.exec_driver_sql(f'insert into "{other}".refs values (1)')
+    use(ws, pg_schema.url, NODES)
+    by = [{"constraint": "refs_a_fkey", "table": f"{other}.refs", "count": 1}]
+    plan = ws.invoke("plan", "--json")
+    assert plan.code == 0, plan.err
+    [got] = plan.json()["rules"]
+    assert (got["due"], got["blocked"], got["blocked_by"]) == (1, 1, by)
+    run = ws.invoke("run", "--json")
+    assert run.code == 0, run.err
+    [got] = run.json()["rules"]
+    assert (got["done"], got["failed"], got["blocked"], got["blocked_by"]) == (1, 0, 1, by)
+    assert ids(engine, "nodes") == [1]
+
+
+def test_a_cascade_from_another_schema_is_counted_pg(pg_other: tuple[sa.Engine, str],
+                                                     pg_schema: Any, ws: Any) -> None:
+    engine, other = pg_other
+    schema = sa.inspect(engine).default_schema_name
+    with engine.begin() as c:
+        c.exec_driver_sql(f'create table "{other}".refs (id int primary key, a int '
+                          f'references "{schema}".nodes(id) on delete cascade)')
+        c.exec_driver_sql(f'insert into "{other}".refs values (1, 1), (2, 1), (3, 2)')
+    use(ws, pg_schema.url, NODES)
+    cascaded = [{"constraint": "refs_a_fkey", "table": f"{other}.refs", "action": "delete",
+                 "count": 3}]
+    plan = ws.invoke("plan", "--json")
+    assert plan.code == 0, plan.err
+    [got] = plan.json()["rules"]
+    assert (got["due"], got["blocked"], got["cascaded"]) == (2, 0, cascaded)
+    run = ws.invoke("run", "--json")
+    assert run.code == 0, run.err
+    [got] = run.json()["rules"]
+    assert (got["done"], got["failed"], got["cascaded"]) == (2, 0, cascaded)
+    assert ids(engine, "nodes") == []
+    assert ids(engine, f'"{other}".refs') == []
+
+
+def test_a_key_from_another_database_blocks_mariadb(mariadb_db: Any, ws: Any) -> None:
+    engine = mariadb_db.engine()
+    schema = sa.inspect(engine).default_schema_name
+    other = f"rtd_o_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(MY_ADMIN)
+    with admin.begin() as c:
+        c.exec_driver_sql(f"create database `{other}`")
+    try:
+        with engine.begin() as c:
+            c.exec_driver_sql("create table nodes (id int primary key, created_at datetime) "
+                              "engine=InnoDB")
+            c.exec_driver_sql("insert into nodes values (1, '2020-01-01'), (2, '2020-01-01')")
+            c.exec_driver_sql(f"create table `{other}`.refs (a int, constraint refs_a_fk "
+                              f"foreign key (a) references `{schema}`.nodes (id) on delete "
+                              "restrict) engine=InnoDB")
+            c.exec_driver_sql(f"insert into `{other}`.refs values (1)")
+        use(ws, mariadb_db.url, NODES)
+        by = [{"constraint": "refs_a_fk", "table": f"{other}.refs", "count": 1}]
+        plan = ws.invoke("plan", "--json")
+        assert plan.code == 0, plan.err
+        [got] = plan.json()["rules"]
+        assert (got["due"], got["blocked"], got["blocked_by"]) == (1, 1, by)
+        run = ws.invoke("run", "--json")
+        assert run.code == 0, run.err
+        [got] = run.json()["rules"]
+        assert (got["done"], got["failed"], got["blocked"], got["blocked_by"]) == (1, 0, 1, by)
+        assert ids(engine, "nodes") == [1]
+    finally:
+        engine.dispose()
+        with admin.begin() as c:
+            c.exec_driver_sql(f"drop database if exists `{other}`")
+        admin.dispose()
