@@ -52,7 +52,9 @@ REMOVES = ("delete", "isolate")
 # resolves the bare name), a row per column pair in key order: constraint, the referencing
 # table's schema and name, ON DELETE, referencing column, referred column. PostgreSQL: the
 # copies a partition inherits from its parent's key (conparentid <> 0) are skipped, the key is
-# named once by its parent.
+# named once by its parent. The copies on the referred side (a key to a partitioned table has
+# one per partition, on the same referencing table) are kept: for a rule that names one
+# partition they are the only keys that point at it.
 _PG_REFS = """
 select c.conname, n.nspname, t.relname,
        case c.confdeltype when 'c' then 'CASCADE' when 'n' then 'SET NULL'
@@ -64,7 +66,7 @@ join pg_namespace n on n.oid = t.relnamespace
 cross join lateral unnest(c.conkey, c.confkey) with ordinality as k(col, ref, i)
 join pg_attribute a on a.attrelid = c.conrelid and a.attnum = k.col
 join pg_attribute fa on fa.attrelid = c.confrelid and fa.attnum = k.ref
-where c.contype = 'f' and c.conparentid = 0
+where c.contype = 'f' and (c.conparentid = 0 or not t.relispartition)
   and c.confrelid = (case when cast(:s as text) is null then quote_ident(:n)
                      else quote_ident(cast(:s as text)) || '.' || quote_ident(:n)
                      end)::regclass

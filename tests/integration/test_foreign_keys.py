@@ -530,3 +530,37 @@ def test_a_key_from_another_database_blocks_mariadb(mariadb_db: Any, ws: Any) ->
         with admin.begin() as c:
             c.exec_driver_sql(f"drop database if exists `{other}`")
         admin.dispose()
+
+
+def test_a_rule_on_one_partition_of_a_referred_table_sees_its_keys(pg_schema: Any,
+                                                                   ws: Any) -> None:
+    """A key to a partitioned table has a copy per partition on the referred side (its
+    conparentid is the key's); a rule naming one partition must see that copy, or a cascade
+    would take rows a hold protects."""
+    engine = pg_schema.engine()
+    with engine.begin() as c:
+        for ddl in (
+                "create table events (id int not null, yr int not null, happened_at timestamp, "
+                "primary key (id, yr)) partition by list (yr)",
+                "create table events_2019 partition of events for values in (2019)",
+                "create table notes (id int primary key, ev int, yr int, customer_id int, "
+                "noted_at timestamp, constraint notes_event_fk foreign key (ev, yr) "
+                "references events (id, yr) on delete cascade)",
+                "insert into events values (1, 2019, '2019-05-01'), (2, 2019, '2019-05-01')",
+                "insert into notes values (1, 1, 2019, 10, '2019-05-02')"):
+            c.exec_driver_sql(ddl)
+    use(ws, pg_schema.url,
+        {"id": "old-events", "store": "app", "table": "events_2019", "key": ["id", "yr"],
+         "clock": "happened_at", "dispose_after": "1y", "action": "delete"},
+        {"id": "notes", "store": "app", "table": "notes", "key": "id", "clock": "noted_at",
+         "dispose_after": "10y", "action": "delete"})
+    assert ws.invoke("hold", "add", "--rule", "notes", "--reason", "case").code == 0
+    run = ws.invoke("run", "--json")
+    assert run.code == 0, run.err
+    got = rules_of(run.json())["old-events"]
+    assert (got["done"], got["blocked"]) == (1, 1)
+    assert [b["count"] for b in got["blocked_by"]] == [1]
+    with engine.connect() as c:
+        assert c.exec_driver_sql("select id from notes").scalars().all() == [1]
+        assert c.exec_driver_sql("select id from events order by id").scalars().all() == [1]
+    engine.dispose()
