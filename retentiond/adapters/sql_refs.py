@@ -16,8 +16,13 @@ it matters:
   referencing table has rules of its own, a record that a row those rules *protect* refers to
   (a hold, a floor, on_erasure: keep: the selection's :class:`Guard` for that table) is
   blocked like a RESTRICT one, by a ``NOT EXISTS`` on the disposing statement; unprotected
-  referencing rows still cascade. Not covered: a table referring to itself, and protected
-  rows further down a cascade chain (two levels or more).
+  referencing rows still cascade. The same holds down a chain of CASCADE keys (customers <-
+  rentals CASCADE <- payments CASCADE: a held payment blocks its rental's customer), by nested
+  ``EXISTS``, up to ``MAX_CASCADE_DEPTH`` keys deep; a SET NULL key ends a chain (the
+  rewritten row survives: only its own protection blocks). Not covered: a table referring to
+  itself, and a cycle of keys (the chain stops where it would enter a table already on it,
+  adding no blocking there); RESTRICT keys below the first level (such a delete fails with a
+  foreign-key violation, nothing disposed by that batch).
 
 Keys from any schema of the store count (PostgreSQL, MariaDB: one catalog query; SQLite: its
 main database): one from another schema than the rule's table is named ``schema.table``.
@@ -47,6 +52,8 @@ if TYPE_CHECKING:
 # ON DELETE as reflected (None: the default, NO ACTION) -> what a disposal meets.
 _ON_DELETE = {"CASCADE": "delete", "SET NULL": "set_null"}
 REMOVES = ("delete", "isolate")
+# How many CASCADE keys deep a chain is followed for protected rows.
+MAX_CASCADE_DEPTH = 8
 
 # Every foreign key of any schema that refers to the table :s.:n (:s None: as the connection
 # resolves the bare name), a row per column pair in key order: constraint, the referencing
@@ -116,7 +123,7 @@ class SqlRefs:
         def predicate(self, sel: Selection, table: sa.Table) -> sa.ColumnElement[bool]: ...
         def count(self, selection: Selection) -> int: ...
 
-    def references(self, table: sa.Table) -> list[Reference]:
+    def references(self, table: sa.TableClause) -> list[Reference]:
         """Foreign keys that refer to ``table``: from any schema of the store (PostgreSQL,
         MariaDB), from its own database (SQLite)."""
         name = table.name if table.schema is None else f"{table.schema}.{table.name}"
@@ -125,7 +132,7 @@ class SqlRefs:
                 self._refs[name] = self._reflect(table)
         return self._refs[name]
 
-    def _reflect(self, table: sa.Table) -> list[Reference]:
+    def _reflect(self, table: sa.TableClause) -> list[Reference]:
         dialect = self.engine.dialect.name
         if dialect == "postgresql":
             return self._reflect_catalog(table, _PG_REFS)
@@ -133,7 +140,7 @@ class SqlRefs:
             return self._reflect_catalog(table, _MY_REFS)
         return self._reflect_same_schema(table)
 
-    def _reflect_catalog(self, table: sa.Table, query: str) -> list[Reference]:
+    def _reflect_catalog(self, table: sa.TableClause, query: str) -> list[Reference]:
         """Every foreign key, in any schema of the store, that refers to ``table``: one
         catalog query. A key from another schema is named ``schema.table``."""
         schema = table.schema
@@ -160,7 +167,7 @@ class SqlRefs:
                                  tuple(referred), _ON_DELETE.get(rule.upper(), "block")))
         return out
 
-    def _reflect_same_schema(self, table: sa.Table) -> list[Reference]:
+    def _reflect_same_schema(self, table: sa.TableClause) -> list[Reference]:
         insp = sa.inspect(self.engine)
         schema = table.schema
         out: list[Reference] = []
@@ -189,25 +196,65 @@ class SqlRefs:
 
     def _blockers(self, sel: Selection, table: sa.Table) -> list[tuple[Reference, sa.Exists]]:
         """Per key that blocks records of ``sel``: RESTRICT / NO ACTION keys (any referencing
-        row blocks), and CASCADE / SET NULL keys from a table the selection guards (a
-        referencing row its rules protect blocks)."""
+        row blocks), and CASCADE / SET NULL keys through which the disposal would delete or
+        rewrite a row the selection's guards protect: at the key's own table, or (CASCADE)
+        further down a chain of CASCADE keys (see :meth:`_protected_below`)."""
         out: list[tuple[Reference, sa.Exists]] = []
+        aliases = [0]
         for r in self.references(table):
             if r.effect == "block":
                 out.append((r, r.refers(table)))
                 continue
-            guard = _guard_of(r, sel.guards)
-            if guard is None or not guard.selections:
-                continue
-            source = self.table(guard.selections[0].rule)
-            if source is table:  # a table referring to itself: not covered
-                continue
-            joins = [source.c[c] == table.c[p]
-                     for c, p in zip(r.columns, r.referred, strict=True)]
-            protected = sa.or_(*(self.predicate(s, source) for s in guard.selections))
-            out.append((r, sa.exists(sa.select(sa.literal(1)).select_from(source)
-                                     .where(*joins, protected))))
+            exists = self._protected_below(sel, table, r, frozenset({_key(table)}),
+                                           depth=1, aliases=aliases)
+            if exists is not None:
+                out.append((r, exists))
         return out
+
+    def _protected_below(self, sel: Selection, parent: sa.FromClause, r: Reference,
+                         visited: frozenset[tuple[str | None, str]], *, depth: int,
+                         aliases: list[int]) -> sa.Exists | None:
+        """``EXISTS`` a row of ``r``'s referencing table, joined by ``r`` to the row of
+        ``parent``, that its table's guard protects or, when ``r`` cascades the delete, that
+        would in turn cascade to a protected row: the same, recursively, for every CASCADE /
+        SET NULL key that refers to that table (SET NULL ends a chain: the rewritten row
+        survives, so only its own protection counts). None when nothing there can block.
+
+        Tables already on the chain (``visited``, the disposing table first) are not entered
+        again: a table referring to itself, or a cycle of keys, adds no blocking beyond what
+        the chain has built so far (its rows deleted through the cycle are not checked). The
+        chain stops after :data:`MAX_CASCADE_DEPTH` keys."""
+        guard = _guard_of(r, sel.guards)
+        guarded = guard is not None and bool(guard.selections)
+        row: sa.FromClause
+        real = self.table(guard.selections[0].rule) if guard is not None and guarded else None
+        source: sa.TableClause = real if real is not None else r.source.element
+        at = _key(source)
+        if at in visited:
+            return None
+        below = ([x for x in self.references(source) if x.effect != "block"]
+                 if r.effect == "delete" and depth < MAX_CASCADE_DEPTH else [])
+        if guard is not None and real is not None:
+            row = real
+            protected = [self.predicate(s, real) for s in guard.selections]
+        else:
+            if not below:
+                return None
+            cols = dict.fromkeys([*r.columns, *(c for x in below for c in x.referred)])
+            aliases[0] += 1
+            row = sa.table(source.name, *(sa.column(c) for c in cols),
+                           schema=source.schema).alias(f"rtd_chain{aliases[0]}")
+            protected = []
+        for x in below:
+            deeper = self._protected_below(sel, row, x, visited | {at},
+                                            depth=depth + 1, aliases=aliases)
+            if deeper is not None:
+                protected.append(deeper)
+        if not protected:
+            return None
+        joins = [row.c[c] == parent.c[p] for c, p in zip(r.columns, r.referred, strict=True)]
+        return sa.exists(sa.select(sa.literal(1)).select_from(row)
+                         .where(*joins, sa.or_(*protected)))
 
     def blocked(self, selection: Selection) -> tuple[int, list[dict[str, Any]]]:
         """Records the blocking keys leave out of the selection (the selection without them,
@@ -304,6 +351,12 @@ class SqlRefs:
                  f"({', '.join(r.columns)}) {says[r.effect]}")
                 for r in self.references(table)]
 
+
+
+def _key(table: sa.FromClause) -> tuple[str | None, str]:
+    t = table.element if isinstance(table, sa.Alias) else table
+    assert isinstance(t, sa.TableClause)
+    return t.schema, t.name
 
 
 def _guard_of(ref: Reference, guards: tuple[Guard, ...]) -> Guard | None:

@@ -564,3 +564,77 @@ def test_a_rule_on_one_partition_of_a_referred_table_sees_its_keys(pg_schema: An
         assert c.exec_driver_sql("select id from notes").scalars().all() == [1]
         assert c.exec_driver_sql("select id from events order by id").scalars().all() == [1]
     engine.dispose()
+
+
+OLD_CUSTOMERS = {"id": "old-customers", "store": "app", "table": "customers", "key": "id",
+                 "clock": "created_at", "dispose_after": "1y", "action": "delete"}
+CHAIN_FK = {"constraint": "rentals_customer_fk", "table": "rentals"}
+
+
+def seed_chain(engine: sa.Engine) -> None:
+    """customers <- rentals (CASCADE) <- payments (CASCADE): c6 is recent, c4 has no
+    rentals, c5's rental has no payment; c1, c2, c3 have a payment through a rental."""
+    md = sa.MetaData()
+    opts = {"mysql_engine": "InnoDB"}
+    customers = sa.Table("customers", md, sa.Column("id", sa.Integer, primary_key=True,
+                                                    autoincrement=False),
+                         sa.Column("created_at", sa.DateTime), **opts)
+    rentals = sa.Table("rentals", md, sa.Column("id", sa.Integer, primary_key=True,
+                                                autoincrement=False),
+                       sa.Column("customer_id", sa.Integer, nullable=False),
+                       sa.ForeignKeyConstraint(["customer_id"], ["customers.id"],
+                                               name="rentals_customer_fk",
+                                               ondelete="CASCADE"), **opts)
+    payments = sa.Table("payments", md, sa.Column("id", sa.Integer, primary_key=True,
+                                                  autoincrement=False),
+                        sa.Column("rental_id", sa.Integer, nullable=False),
+                        sa.Column("customer_id", sa.Integer, nullable=False),
+                        sa.Column("paid_at", sa.DateTime, nullable=True),
+                        sa.ForeignKeyConstraint(["rental_id"], ["rentals.id"],
+                                                name="payments_rental_fk", ondelete="CASCADE"),
+                        **opts)
+    md.create_all(engine)
+    with engine.begin() as c:
+        c.execute(customers.insert(), [{"id": i, "created_at": NEW if i == 6 else OLD}
+                                       for i in range(1, 7)])
+        c.execute(rentals.insert(), [
+            {"id": 1, "customer_id": 1}, {"id": 2, "customer_id": 1},
+            {"id": 3, "customer_id": 2}, {"id": 4, "customer_id": 3},
+            {"id": 5, "customer_id": 5}, {"id": 6, "customer_id": 6}])
+        c.execute(payments.insert(), [
+            {"id": 1, "rental_id": 1, "customer_id": 1, "paid_at": OLD},
+            {"id": 2, "rental_id": 3, "customer_id": 2, "paid_at": OLD},
+            {"id": 3, "rental_id": 4, "customer_id": 3, "paid_at": OLD}])
+
+
+@pytest.mark.parametrize(("hold", "blocked", "rentals", "payments"), [
+    # A hold on the whole ledger: c1, c2, c3 have a held payment two keys down.
+    (("--rule", "payment-ledger"), [1, 2, 3], [1, 2, 3, 4, 6], [1, 2, 3]),
+    # A hold on customer 2's payments: only c2 blocked; c1's and c3's payments cascade.
+    (("--subject", "2", "--kind", "customer"), [2], [3, 6], [2]),
+])
+def test_a_hold_two_cascades_down_blocks_the_parent(store_db: Any, ws: Any,
+                                                    hold: tuple[str, ...],
+                                                    blocked: list[int], rentals: list[int],
+                                                    payments: list[int]) -> None:
+    engine = store_db.engine()
+    seed_chain(engine)
+    use(ws, store_db.url, OLD_CUSTOMERS, LEDGER)
+    assert ws.invoke("hold", "add", *hold, "--reason", "audit").code == 0
+    plan = ws.invoke("plan", "--json")
+    assert plan.code == 0, plan.err
+    run = ws.invoke("run", "--json")
+    assert run.code == 0, run.err
+    cascaded = 6 - len(rentals)  # the rentals of the deleted customers
+    for doc, due in ((plan.json(), "due"), (run.json(), "done")):
+        got = rules_of(doc)["old-customers"]
+        assert (got[due], got["blocked"]) == (5 - len(blocked), len(blocked))
+        assert got["blocked_by"] == [{**CHAIN_FK, "count": len(blocked)}]
+        assert got["cascaded"] == [{**CHAIN_FK, "action": "delete", "count": cascaded}]
+    assert rules_of(run.json())["old-customers"]["failed"] == 0
+    assert ids(engine, "customers") == [*blocked, 6]
+    assert ids(engine, "rentals") == rentals
+    assert ids(engine, "payments") == payments
+    # The payments rule disposes nothing (dispose_after 10y): payments left untouched.
+    assert rules_of(run.json())["payment-ledger"].get("done", 0) == 0
+    engine.dispose()
