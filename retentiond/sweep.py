@@ -242,14 +242,7 @@ def _references(adapter: Adapter,
 
 def _ledgered(app: App) -> Callable[[str], bool]:
     """Whether the ledger holds an anonymisation by a rule (asked only for anonymize rules)."""
-    def ask(rule_id: str) -> bool:
-        with app.state.connect() as conn:
-            entries = ledger.ledger_t
-            return conn.execute(select(entries.c.seq).where(
-                entries.c.rule == rule_id, entries.c.action == "anonymize").limit(1)
-            ).first() is not None
-
-    return ask
+    return lambda rule_id: ledger.anonymised_by(app.state, rule_id)
 
 
 def _now() -> datetime:

@@ -224,6 +224,14 @@ def iter_entries(engine: Engine, *, since: str | None = None, until: str | None 
         last = rows[-1].seq
 
 
+def anonymised_by(engine: Engine, rule_id: str) -> bool:
+    """Whether the ledger holds an anonymisation by this rule."""
+    with engine.connect() as conn:
+        return conn.execute(select(ledger_t.c.seq).where(
+            ledger_t.c.rule == rule_id, ledger_t.c.action == "anonymize").limit(1)
+        ).first() is not None
+
+
 def last_of_kind(engine: Engine, kind: str) -> dict[str, Any] | None:
     with engine.connect() as conn:
         top = conn.execute(select(func.max(ledger_t.c.seq)).where(ledger_t.c.kind == kind)).scalar()

@@ -6,24 +6,20 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import cast
-
-from sqlalchemy import Table, select
 
 from retentiond import output
 from retentiond.adapters import registry
 from retentiond.adapters.base import Adapter
 from retentiond.app import App
+from retentiond.audit.ledger import anonymised_by
 from retentiond.errors import PolicyError, RetentiondError, StoreUnreachable
 from retentiond.log import get_logger
 from retentiond.planner import overlapping
 from retentiond.policy.loader import checkable_rules
 from retentiond.policy.model import Policy, Rule
-from retentiond.state.models import LedgerEntry
 from retentiond.timeutil import never_longer
 
 log = get_logger(__name__)
-ledger_t = cast(Table, LedgerEntry.__table__)
 
 
 def schema(app: App) -> int:
@@ -123,10 +119,7 @@ def _ledgered(app: App) -> Callable[[str], bool]:
     when a warning depends on it; when it cannot be read, the answer is no)."""
     def ask(rule_id: str) -> bool:
         try:
-            with app.state.connect() as conn:
-                return conn.execute(select(ledger_t.c.seq).where(
-                    ledger_t.c.rule == rule_id, ledger_t.c.action == "anonymize").limit(1)
-                ).first() is not None
+            return anonymised_by(app.state, rule_id)
         except RetentiondError:
             return False
     return ask
