@@ -12,17 +12,20 @@ it matters:
   subqueries when it re-checks a locked row) makes the statement fail with a foreign-key
   violation: the store protecting itself; nothing is disposed by that batch.
 * CASCADE / SET NULL: the disposal deletes or rewrites referencing rows; they are counted
-  (one level deep: rows a cascaded delete cascades to in turn are not counted). When the
-  referencing table has rules of its own, a record that a row those rules *protect* refers to
-  (a hold, a floor, on_erasure: keep: the selection's :class:`Guard` for that table) is
-  blocked like a RESTRICT one, by a ``NOT EXISTS`` on the disposing statement; unprotected
-  referencing rows still cascade. The same holds down a chain of CASCADE keys (customers <-
-  rentals CASCADE <- payments CASCADE: a held payment blocks its rental's customer), by nested
-  ``EXISTS``, up to ``MAX_CASCADE_DEPTH`` keys deep; a SET NULL key ends a chain (the
-  rewritten row survives: only its own protection blocks). Not covered: a table referring to
-  itself, and a cycle of keys (the chain stops where it would enter a table already on it,
-  adding no blocking there); RESTRICT keys below the first level (such a delete fails with a
-  foreign-key violation, nothing disposed by that batch).
+  per key and table down every chain of CASCADE keys (customers <- rentals CASCADE <- payments
+  CASCADE <- receipts SET NULL: rentals, payments and receipts), a row that two chains reach
+  through the same key once, up to ``MAX_CASCADE_DEPTH`` keys deep. When the referencing table
+  has rules of its own, a record that a row those rules *protect* refers to (a hold, a floor,
+  on_erasure: keep: the selection's :class:`Guard` for that table) is blocked like a RESTRICT
+  one, by a ``NOT EXISTS`` on the disposing statement; unprotected referencing rows still
+  cascade. The same holds down a chain of CASCADE keys (a held payment blocks its rental's
+  customer), by nested ``EXISTS``; and a RESTRICT / NO ACTION key that refers to a row the
+  chain would delete blocks the record, named by that key (the delete would fail there). A
+  SET NULL key ends a chain (the rewritten row survives: only its own protection blocks).
+  Not covered: a table referring to itself, and a cycle of keys (the chain stops where it
+  would enter a table already on it, adding no blocking or counts there); a self-referencing
+  RESTRICT key blocks a row that another due row refers to, until that row is gone (a later
+  sweep).
 
 Keys from any schema of the store count (PostgreSQL, MariaDB: one catalog query; SQLite: its
 main database): one from another schema than the rule's table is named ``schema.table``.
@@ -33,7 +36,7 @@ their columns, ``rentals(customer_id)``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
@@ -103,6 +106,11 @@ class Reference:
     def joins(self, table: sa.Table) -> list[sa.ColumnElement[bool]]:
         return [self.source.c[c] == table.c[r]
                 for c, r in zip(self.columns, self.referred, strict=True)]
+
+    def pairs(self, row: sa.FromClause, parent: sa.FromClause) -> list[sa.ColumnElement[bool]]:
+        """The key's column pairs between a row of its referencing table and a row of the
+        table it refers to, either possibly an alias."""
+        return [row.c[c] == parent.c[r] for c, r in zip(self.columns, self.referred, strict=True)]
 
     def refers(self, table: sa.Table) -> sa.Exists:
         return sa.exists(sa.select(sa.literal(1)).select_from(self.source)
@@ -194,67 +202,71 @@ class SqlRefs:
             return []
         return [~exists for _, exists in self._blockers(sel, table)]
 
-    def _blockers(self, sel: Selection, table: sa.Table) -> list[tuple[Reference, sa.Exists]]:
+    def _blockers(self, sel: Selection, table: sa.Table
+                  ) -> list[tuple[Reference, sa.ColumnElement[bool]]]:
         """Per key that blocks records of ``sel``: RESTRICT / NO ACTION keys (any referencing
         row blocks), and CASCADE / SET NULL keys through which the disposal would delete or
-        rewrite a row the selection's guards protect: at the key's own table, or (CASCADE)
-        further down a chain of CASCADE keys (see :meth:`_protected_below`)."""
-        out: list[tuple[Reference, sa.Exists]] = []
-        aliases = [0]
+        rewrite a row the selection's guards protect, at the key's own table or further down a
+        chain of CASCADE keys; a RESTRICT / NO ACTION key that refers to a row such a chain
+        would delete blocks too, named by itself (see :meth:`_below`). A key reached by two
+        chains is listed once."""
+        found: dict[tuple[str, str], tuple[Reference, list[sa.ColumnElement[bool]]]] = {}
         for r in self.references(table):
             if r.effect == "block":
-                out.append((r, r.refers(table)))
+                found.setdefault((r.constraint, r.table), (r, []))[1].append(r.refers(table))
                 continue
-            exists = self._protected_below(sel, table, r, frozenset({_key(table)}),
-                                           depth=1, aliases=aliases)
-            if exists is not None:
-                out.append((r, exists))
-        return out
+            for namer, exists in self._below(sel, table, r, frozenset({_key(table)}), depth=1):
+                by = namer or r
+                found.setdefault((by.constraint, by.table), (by, []))[1].append(exists)
+        return [(r, _any(conds)) for r, conds in found.values()]
 
-    def _protected_below(self, sel: Selection, parent: sa.FromClause, r: Reference,
-                         visited: frozenset[tuple[str | None, str]], *, depth: int,
-                         aliases: list[int]) -> sa.Exists | None:
-        """``EXISTS`` a row of ``r``'s referencing table, joined by ``r`` to the row of
-        ``parent``, that its table's guard protects or, when ``r`` cascades the delete, that
-        would in turn cascade to a protected row: the same, recursively, for every CASCADE /
-        SET NULL key that refers to that table (SET NULL ends a chain: the rewritten row
-        survives, so only its own protection counts). None when nothing there can block.
+    def _below(self, sel: Selection, parent: sa.FromClause, r: Reference,
+               visited: frozenset[tuple[str | None, str]], *, depth: int
+               ) -> list[tuple[Reference | None, sa.Exists]]:
+        """What blocks a row of ``parent`` through the CASCADE / SET NULL key ``r``: ``EXISTS``
+        a row of ``r``'s referencing table, joined by ``r`` to it, that its table's guard
+        protects (named None: by the first key of the chain) or, when ``r`` cascades the
+        delete, that a RESTRICT / NO ACTION key refers to (named by that key: the delete would
+        fail there), or that would in turn cascade to such a row: recursively, for every key
+        that refers to that table. SET NULL ends a chain (the rewritten row survives, so only
+        its own protection counts).
 
         Tables already on the chain (``visited``, the disposing table first) are not entered
-        again: a table referring to itself, or a cycle of keys, adds no blocking beyond what
-        the chain has built so far (its rows deleted through the cycle are not checked). The
-        chain stops after :data:`MAX_CASCADE_DEPTH` keys."""
+        again: a table referring to itself, or a cycle of CASCADE keys, adds no blocking beyond
+        what the chain has built so far. The chain stops after :data:`MAX_CASCADE_DEPTH`
+        keys."""
         guard = _guard_of(r, sel.guards)
-        guarded = guard is not None and bool(guard.selections)
-        row: sa.FromClause
-        real = self.table(guard.selections[0].rule) if guard is not None and guarded else None
+        real = (self.table(guard.selections[0].rule)
+                if guard is not None and guard.selections else None)
         source: sa.TableClause = real if real is not None else r.source.element
         at = _key(source)
         if at in visited:
-            return None
-        below = ([x for x in self.references(source) if x.effect != "block"]
+            return []
+        below = (self.references(source)
                  if r.effect == "delete" and depth < MAX_CASCADE_DEPTH else [])
-        if guard is not None and real is not None:
+        row: sa.FromClause
+        if real is not None:
             row = real
-            protected = [self.predicate(s, real) for s in guard.selections]
+        elif below:
+            row = _lite(source, [*r.columns, *(c for x in below for c in x.referred)])
         else:
-            if not below:
-                return None
-            cols = dict.fromkeys([*r.columns, *(c for x in below for c in x.referred)])
-            aliases[0] += 1
-            row = sa.table(source.name, *(sa.column(c) for c in cols),
-                           schema=source.schema).alias(f"rtd_chain{aliases[0]}")
-            protected = []
+            return []
+        found: dict[Reference | None, list[sa.ColumnElement[bool]]] = {}
+        if guard is not None and real is not None:
+            found[None] = [self.predicate(s, real) for s in guard.selections]
         for x in below:
-            deeper = self._protected_below(sel, row, x, visited | {at},
-                                            depth=depth + 1, aliases=aliases)
-            if deeper is not None:
-                protected.append(deeper)
-        if not protected:
-            return None
-        joins = [row.c[c] == parent.c[p] for c, p in zip(r.columns, r.referred, strict=True)]
-        return sa.exists(sa.select(sa.literal(1)).select_from(row)
-                         .where(*joins, sa.or_(*protected)))
+            if x.effect == "block":
+                other = _lite(x.source.element, x.columns)
+                found.setdefault(x, []).append(
+                    sa.exists(sa.select(sa.literal(1)).select_from(other)
+                              .where(*x.pairs(other, row))))
+                continue
+            for namer, deeper in self._below(sel, row, x, visited | {at}, depth=depth + 1):
+                found.setdefault(namer, []).append(deeper)
+        joins = r.pairs(row, parent)
+        return [(namer, sa.exists(sa.select(sa.literal(1)).select_from(row)
+                                  .where(*joins, _any(conds))))
+                for namer, conds in found.items()]
 
     def blocked(self, selection: Selection) -> tuple[int, list[dict[str, Any]]]:
         """Records the blocking keys leave out of the selection (the selection without them,
@@ -285,19 +297,49 @@ class SqlRefs:
 
     def _cascade_counts(self, conn: Connection, table: sa.Table,
                         where: sa.ColumnElement[bool]) -> list[dict[str, Any]]:
-        """Referencing rows per CASCADE / SET NULL key of the records ``where`` selects."""
+        """Rows that disposing the records ``where`` selects deletes or rewrites, per CASCADE /
+        SET NULL key and table, down every chain of CASCADE keys (:meth:`_reached`): a row
+        that two chains reach through the same key counts once."""
         out = []
-        for r in self.references(table):
-            if r.effect == "block":
-                continue
-            chosen = sa.select(sa.literal(1)).select_from(table).where(*r.joins(table), where)
-            q = sa.select(sa.func.count()).select_from(r.source).where(sa.exists(chosen))
+        for r, parents in self._reached(table, where):
+            row = _lite(r.source.element, r.columns)
+            hit = []
+            for parent in parents:
+                up, deleted = parent()
+                hit.append(sa.exists(sa.select(sa.literal(1)).select_from(up)
+                                     .where(*r.pairs(row, up), deleted)))
+            q = sa.select(sa.func.count()).select_from(row).where(_any(hit))
             with self._errors(f"counting {r.table}"):
                 n = int(conn.execute(q).scalar_one())
             if n:
                 out.append({"constraint": r.constraint, "table": r.table, "action": r.effect,
                             "count": n})
         return out
+
+    def _reached(self, table: sa.Table, where: sa.ColumnElement[bool]
+                 ) -> list[tuple[Reference, list[_Rows]]]:
+        """Every CASCADE / SET NULL key a disposal of the records ``where`` selects reaches:
+        the keys that refer to ``table`` and, below a CASCADE key, the keys that refer to the
+        rows it deletes, up to :data:`MAX_CASCADE_DEPTH` keys deep and never into a table
+        already on the chain. Per key, the rows it refers to that are deleted, once per chain
+        that reaches it (built afresh per use: every alias is new)."""
+        found: dict[tuple[str, str], tuple[Reference, list[_Rows]]] = {}
+
+        def walk(source: sa.TableClause, rows: _Rows,
+                 visited: frozenset[tuple[str | None, str]], depth: int) -> None:
+            for r in self.references(source):
+                if r.effect == "block":
+                    continue
+                found.setdefault((r.constraint, r.table), (r, []))[1].append(rows)
+                child = r.source.element
+                if (r.effect == "delete" and depth < MAX_CASCADE_DEPTH
+                        and _key(child) not in visited and len(found) < _MAX_KEYS):
+                    below = [c for x in self.references(child) for c in x.referred]
+                    walk(child, _deleted_through(r, rows, below), visited | {_key(child)},
+                         depth + 1)
+
+        walk(table, lambda: (table, where), frozenset({_key(table)}), 1)
+        return list(found.values())
 
     @contextmanager
     def cascading_batch(self, conn: Connection, table: sa.Table,
@@ -371,3 +413,33 @@ def _guard_of(ref: Reference, guards: tuple[Guard, ...]) -> Guard | None:
                                                    or "." not in ref.table):
             return g
     return None
+
+
+# The rows of one table that a disposal deletes: a fresh alias of the table and the condition
+# on it (at the disposing table: the table itself and the disposal's own condition).
+_Rows = Callable[[], tuple[sa.FromClause, sa.ColumnElement[bool]]]
+# Keys one cascade walk collects at most: a store with hundreds of chained keys stays bounded.
+_MAX_KEYS = 64
+
+
+def _deleted_through(r: Reference, parent: _Rows, below: list[str]) -> _Rows:
+    """The rows of ``r``'s referencing table that its CASCADE delete removes: those that refer
+    to a deleted row of ``parent``; the alias carries the columns keys further down join on
+    (``below``)."""
+    def rows() -> tuple[sa.FromClause, sa.ColumnElement[bool]]:
+        up, deleted = parent()
+        row = _lite(r.source.element, [*r.columns, *below])
+        return row, sa.exists(sa.select(sa.literal(1)).select_from(up)
+                              .where(*r.pairs(row, up), deleted))
+    return rows
+
+
+def _lite(table: sa.TableClause, columns: Sequence[str]) -> sa.FromClause:
+    """A new anonymous alias of ``table`` with just ``columns``: unique within a statement,
+    however deep it nests."""
+    return sa.table(table.name, *(sa.column(c) for c in dict.fromkeys(columns)),
+                    schema=table.schema).alias()
+
+
+def _any(conds: Sequence[sa.ColumnElement[bool]]) -> sa.ColumnElement[bool]:
+    return conds[0] if len(conds) == 1 else sa.or_(*conds)
