@@ -219,6 +219,11 @@ class Adapter(abc.ABC):
         them out), and ``[{constraint, table, count}]`` by what. Default: none."""
         return 0, []
 
+    def blocking_record(self, selection: Selection, key: Any) -> list[dict[str, str]]:
+        """What blocks the one record ``key`` (as :meth:`facts` read it) that ``selection``
+        would dispose, ``[{constraint, table}]`` (``explain``). Default: nothing."""
+        return []
+
     def cascades(self, selection: Selection) -> list[dict[str, Any]]:
         """Rows of other tables that disposing the selection deletes or rewrites,
         ``[{constraint, table, action, count}]``. Default: none."""

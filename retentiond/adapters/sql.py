@@ -68,6 +68,7 @@ class SqlAdapter(SqlChecks, SqlActions, SqlRefs, Adapter):
         self._tables: dict[str, sa.Table] = {}
         self._iso_tables: dict[str, sa.Table] = {}
         self._refs: dict[str, list[Reference]] = {}
+        self._folds: bool | None = None
         self._cascaded: dict[tuple[str, str, str], int] = {}
 
     # -- static checks ------------------------------------------------------------------------

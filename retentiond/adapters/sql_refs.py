@@ -50,7 +50,8 @@ if TYPE_CHECKING:
 
     from sqlalchemy.engine import Connection, Engine
 
-    from retentiond.policy.model import Rule
+    from retentiond.adapters.sqlexpr import Key
+    from retentiond.policy.model import Policy, Rule
 
 # ON DELETE as reflected (None: the default, NO ACTION) -> what a disposal meets.
 _ON_DELETE = {"CASCADE": "delete", "SET NULL": "set_null"}
@@ -122,6 +123,9 @@ class SqlRefs:
 
     if TYPE_CHECKING:
         _refs: dict[str, list[Reference]]
+        _folds: bool | None
+        policy: Policy
+        store_name: str
         _cascaded: dict[tuple[str, str, str], int]
 
         @property
@@ -130,6 +134,7 @@ class SqlRefs:
         def _errors(self, doing: str) -> AbstractContextManager[None]: ...
         def predicate(self, sel: Selection, table: sa.Table) -> sa.ColumnElement[bool]: ...
         def count(self, selection: Selection) -> int: ...
+        def key(self, rule: Rule, table: sa.Table | None = None) -> Key: ...
 
     def references(self, table: sa.TableClause) -> list[Reference]:
         """Foreign keys that refer to ``table``: from any schema of the store (PostgreSQL,
@@ -182,7 +187,7 @@ class SqlRefs:
         every = insp.get_multi_foreign_keys(schema=schema)  # one catalog query where it can
         for (_, other), fks in sorted(every.items(), key=lambda kv: kv[0][1]):
             for fk in fks:
-                if (fk["referred_table"] != table.name
+                if (str(fk["referred_table"]).casefold() != table.name.casefold()
                         or (fk.get("referred_schema") or schema) != schema):
                     continue
                 cols = tuple(fk["constrained_columns"])
@@ -288,6 +293,23 @@ class SqlRefs:
                                      .where(where, exists))} for r, exists in keys]
         return total, [b for b in by if b["count"]]
 
+    def blocking_record(self, selection: Selection, key: Any) -> list[dict[str, str]]:
+        """The keys that block the one record ``key`` (as :meth:`Key.value` reads it) of
+        ``selection``'s table, ``[{constraint, table}]``: ``explain``."""
+        if selection.action not in REMOVES:
+            return []
+        table = self.table(selection.rule)
+        keys = self._blockers(selection, table)
+        if not keys:
+            return []
+        where = self.key(selection.rule, table).in_(self.engine.dialect.name, [key])
+        q = sa.select(*(sa.case((e, 1), else_=0) for _, e in keys)).where(where)
+        with self._errors("reading the keys that refer to the record"), \
+                self.engine.connect() as conn:
+            row = conn.execute(q).first()
+        return [{"constraint": r.constraint, "table": r.table}
+                for (r, _), hit in zip(keys, row or (), strict=False) if hit]
+
     def cascades(self, selection: Selection) -> list[dict[str, Any]]:
         if selection.action not in REMOVES or selection.everything_excluded:
             return []
@@ -373,8 +395,29 @@ class SqlRefs:
             return int(conn.execute(q).scalar_one())
 
     def referencing(self, rule: Rule) -> frozenset[str]:
+        """The referencing tables' names as the catalog gives them; on a server that folds
+        table names (MariaDB/MySQL ``lower_case_table_names`` 1 or 2: ``Payments`` is stored
+        and reported as ``payments``), as this store's rules spell them, so that rule order
+        compares them (SQLite compares names without case too)."""
         table = self.table(rule)
-        return frozenset(r.table for r in self.references(table))
+        names = frozenset(r.table for r in self.references(table))
+        if not self.folds_names():
+            return names
+        spelt = {r.target.casefold(): r.target for r in self.policy.rules
+                 if r.store == self.store_name}
+        return frozenset(spelt.get(n.casefold(), n) for n in names)
+
+    def folds_names(self) -> bool:
+        """Whether the server compares table names without case: SQLite always, MariaDB/MySQL
+        with ``lower_case_table_names`` 1 or 2."""
+        if self._folds is None:
+            self._folds = self.engine.dialect.name == "sqlite"
+            if self.engine.dialect.name in ("mysql", "mariadb"):
+                with self._errors("reading lower_case_table_names"), \
+                        self.engine.connect() as conn:
+                    self._folds = bool(int(conn.exec_driver_sql(
+                        "select @@lower_case_table_names").scalar_one() or 0))
+        return self._folds
 
     def default_schema(self) -> str | None:
         with self._errors("reading the default schema"):
@@ -411,6 +454,15 @@ def _guard_of(ref: Reference, guards: tuple[Guard, ...]) -> Guard | None:
     for g in guards:
         if g.table.rpartition(".")[2] == bare and ("." not in g.table
                                                    or "." not in ref.table):
+            return g
+    # Names that differ only in case: a server that folds names (MariaDB/MySQL
+    # lower_case_table_names) reports ``payments`` for the rule's ``Payments``.
+    folded = bare.casefold()
+    for g in guards:
+        if g.table.rpartition(".")[2].casefold() == folded and ("." not in g.table
+                                                                  or "." not in ref.table
+                                                                  or g.table.casefold()
+                                                                  == ref.table.casefold()):
             return g
     return None
 

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 from retentiond import output, planner
+from retentiond.adapters.base import Selection
 from retentiond.app import App
 from retentiond.audit.ledger import Refs
 from retentiond.errors import UsageError, shown
@@ -43,6 +44,7 @@ def explain(app: App, rule_id: str, key: str) -> int:
                             tuple(open_requests(state)))
     verdicts = [planner.decide(r, facts, sit) for r in rules]
     doc = _document(app, rule, key, facts=facts, sit=sit, verdicts=verdicts)
+    _foreign_keys(app, doc, value if facts.key is None else facts.key, sit)
     if app.json:
         output.emit_json(doc)
     else:
@@ -134,6 +136,26 @@ def _document(app: App, rule: Rule, key: str, *, facts: planner.Facts, sit: plan
     }
 
 
+def _foreign_keys(app: App, doc: dict[str, Any], key: Any, sit: planner.Situation) -> None:
+    """``blocked_by``: the foreign keys that keep the store from disposing the record now,
+    as a sweep would count it (a RESTRICT / NO ACTION key, or a CASCADE chain down to a
+    protected or RESTRICT-referenced row); when there are any, the decision is ``blocked``:
+    a sweep leaves the record out and counts it blocked, never attempting it."""
+    doc["blocked_by"] = []
+    if doc["decision"] != "dispose" or doc["action"] not in ("delete", "isolate"):
+        return
+    winner = app.policy.rule(doc["winner"])
+    sel = Selection(winner, doc["action"], "explain", sit.tz, sit.now, None,
+                    guards=planner.cascade_guards(winner, sit))
+    by = app.adapter(winner.store).blocking_record(sel, key)
+    if by:
+        doc["blocked_by"] = by
+        doc["decision"] = "blocked"
+        doc["why"] = (f"{doc['why']}; but " + ", ".join(
+            f"foreign key {b['constraint']} on {b['table']}" for b in by)
+            + " keeps the store from disposing it: left out and counted blocked")
+
+
 def _iso(value: datetime | None, tz: ZoneInfo) -> str | None:
     return value.astimezone(tz).isoformat() if value is not None else None
 
@@ -147,6 +169,8 @@ def _print(doc: dict[str, Any]) -> None:
     output.line(f"  holds: {', '.join(doc['holds']) or 'none'}   open requests: "
                 f"{', '.join(doc['requests']) or 'none'}")
     verdict = doc["decision"] + (f" ({doc['action']})" if doc["action"] else "")
+    for b in doc["blocked_by"]:
+        output.line(f"  blocked by: foreign key {b['constraint']} on {b['table']}")
     output.line(f"  decision: [bold]{verdict}[/bold]"
                 + (f" by rule {doc['winner']}" if doc["winner"] else "") + f": {doc['why']}")
     output.table("Rules", ("rule", "outcome", "floor until", "due at", "why"), [

@@ -146,3 +146,22 @@ def test_a_restrict_key_below_a_cascade_chain_blocks(engine: sa.Engine, store_db
                                        ("payments_rental_fk", "payments", "delete"): 1,
                                        ("payments_customer_fk", "payments", "delete"): 1}
     assert rows(engine, "select id from customers order by id") == [(1,), (4,)]
+
+
+def test_explain_names_the_key_that_blocks_a_record(engine: sa.Engine, store_db: Any,
+                                                    ws: Any) -> None:
+    seed(engine, "RESTRICT")
+    ws.policy({"app": {"adapter": "sql", "url": store_db.url}}, [OLD_CUSTOMERS])
+    got = ws.invoke("explain", "--rule", "old-customers", "--key", "1", "--json")
+    assert got.code == 0, got.err
+    doc = got.json()
+    assert doc["decision"] == "blocked"
+    assert doc["blocked_by"] == [{"constraint": "receipts_payment_fk", "table": "receipts"}]
+    assert "receipts_payment_fk" in doc["why"]
+    free = ws.invoke("explain", "--rule", "old-customers", "--key", "3", "--json").json()
+    assert (free["decision"], free["blocked_by"]) == ("dispose", [])
+    text = ws.invoke("explain", "--rule", "old-customers", "--key", "2")
+    assert text.code == 0, text.err
+    assert "blocked by: foreign key receipts_payment_fk on receipts" in text.out
+    # Nothing changed.
+    assert rows(engine, "select count(*) from customers") == [(4,)]

@@ -177,6 +177,21 @@ def test_restrict_blocks_and_cascades_count(store: sa.Engine, store_db: Any, ws:
     assert sum(len(e["record_refs"]) for e in entries) == 2
 
 
+def test_explain_says_a_referenced_record_is_blocked(store: sa.Engine, store_db: Any,
+                                                     ws: Any) -> None:
+    use(ws, store_db.url, CUSTOMERS, RENTALS)
+    # Rental 1 is old and a payment refers to it (RESTRICT); rental 2 is old and free.
+    blocked = ws.invoke("explain", "--rule", "old-rentals", "--key", "1", "--json").json()
+    assert (blocked["decision"], blocked["blocked_by"]) == ("blocked", [PAY_FK])
+    free = ws.invoke("explain", "--rule", "old-rentals", "--key", "2", "--json").json()
+    assert (free["decision"], free["blocked_by"]) == ("dispose", [])
+    # Customer 5 has no rentals but notes (CASCADE) and a visit (SET NULL): not blocked.
+    c5 = ws.invoke("explain", "--rule", "closed-customers", "--key", "5", "--json").json()
+    assert (c5["decision"], c5["blocked_by"]) == ("dispose", [])
+    c1 = ws.invoke("explain", "--rule", "closed-customers", "--key", "1", "--json").json()
+    assert (c1["decision"], c1["blocked_by"]) == ("blocked", [RENT_FK])
+
+
 def test_a_rule_on_payments_runs_first_and_unblocks(store: sa.Engine, store_db: Any,
                                                     ws: Any) -> None:
     use(ws, store_db.url, CUSTOMERS, RENTALS, PAYMENTS)
