@@ -255,7 +255,10 @@ class AnonymizeOptions(_Model):
 
 
 class IsolateOptions(_Model):
-    table: TableName | None = None
+    table: TableName | None = None  # sql: the isolation table (default <table>_isolated)
+    dir: str | None = None  # files: the isolation directory, on the root's filesystem
+    bucket: str | None = None  # s3: the isolation bucket (default: the store's own)
+    prefix: str | None = None  # s3: the isolation prefix (default .retentiond-isolated/)
     for_: DurationField | None = Field(None, alias="for")
 
 
@@ -274,6 +277,11 @@ class Store(_Model):
     prefix: str = ""
     endpoint_url: str | None = None
     region: str | None = None
+    # s3: credentials given in the policy (each a string, {env}, {file} or {credential});
+    # without them boto3's standard chain (environment, shared files, instance role).
+    access_key_id: SecretString | None = None
+    secret_access_key: SecretString | None = None
+    session_token: SecretString | None = None
     backups: Backups | None = None
     options: dict[str, Any] = Field(default_factory=dict)
 
@@ -290,7 +298,10 @@ class Rule(_Model):
     source: str = ""
     store: str
     table: TableName | None = None
+    # files and s3: a glob relative to the root (below the prefix), with named fields
+    # {subject} and {clock:<strftime>} (retentiond/adapters/pathglob.py).
     path: str | None = None
+    prefix: str | None = None  # s3: the key prefix the rule lists
     key: KeyField | None = None
     subject: Identifier | None = None
     subject_kind: SubjectKind = "user"
@@ -306,6 +317,9 @@ class Rule(_Model):
     isolate: IsolateOptions | None = None
     on_erasure: Literal["delete", "anonymize", "isolate", "keep"] | None = None
     legal_basis: str | None = None
+    prune_empty_dirs: bool = False  # files: remove directories a delete leaves empty
+    subject_tag: str | None = None  # s3: the object tag holding the subject id
+    versions: Literal["all", "current"] = "all"  # s3: what a disposal removes
 
     @property
     def key_columns(self) -> tuple[str, ...]:
@@ -320,8 +334,9 @@ class Rule(_Model):
 
     @property
     def target(self) -> str:
-        """What the rule scans: the table (sql) or the path pattern (files, s3)."""
-        return self.table or self.path or ""
+        """What the rule scans: the table (sql), the path pattern (files), the prefix and
+        path pattern (s3)."""
+        return self.table or f"{self.prefix or ''}{self.path or ''}"
 
     @property
     def erasure_action(self) -> str:
