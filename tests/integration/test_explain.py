@@ -157,7 +157,8 @@ def test_explain_due_not_due_held_erase_and_kept(world: World) -> None:
         "record_ref": world.ref("messages", 1), "subject_ref": world.subject(U1),
         "clock": berlin(c.due_message), "floor_until": berlin(three), "due_at": berlin(three),
         "matching_rules": ["old-messages"], "holds": [], "requests": [],
-        "decision": "dispose", "action": "delete", "winner": "old-messages"}
+        "decision": "dispose", "action": "delete", "winner": "old-messages",
+        "blocked_by": []}
     assert _verdicts(due) == [_verdict("old-messages", "due", action="delete", due_at=three,
                                        floor_until=three)]
     assert abs(datetime.fromisoformat(due["as_of"]) - datetime.now(UTC)) < timedelta(minutes=5)
