@@ -30,6 +30,23 @@ from retentiond.timeutil import add, due_cutoff, due_gaps, never_longer, subtrac
 
 
 # -- what the planner knows -------------------------------------------------------------------
+def subject_source(rule: Rule) -> str | None:
+    """Where the rule's records name their data subject: a column (sql ``subject``), an object
+    tag (s3 ``subject_tag``) or the ``{subject}`` field of the path pattern (files, s3); None
+    when they do not (erasure requests and subject holds then pass the rule by)."""
+    if rule.subject:
+        return f"column {rule.subject}"
+    if rule.subject_tag:
+        return f"tag {rule.subject_tag}"
+    if rule.path and "{subject}" in rule.path:
+        return "path"
+    return None
+
+
+def has_subject(rule: Rule) -> bool:
+    return subject_source(rule) is not None
+
+
 @dataclass(frozen=True)
 class ActiveHolds:
     """The holds in force at one moment."""
@@ -69,12 +86,12 @@ class Situation:
         return local(self.now, self.tz)
 
     def request_subjects(self, rule: Rule) -> frozenset[str]:
-        if not rule.subject:
+        if not has_subject(rule):
             return frozenset()
         return frozenset(q.subject for q in self.requests if q.subject_kind == rule.subject_kind)
 
     def held_subjects(self, rule: Rule) -> frozenset[str]:
-        return self.holds.subjects_of(rule.subject_kind) if rule.subject else frozenset()
+        return self.holds.subjects_of(rule.subject_kind) if has_subject(rule) else frozenset()
 
 
 def local(now: datetime, tz: ZoneInfo) -> datetime:
@@ -146,7 +163,7 @@ def guard_holds(rules: tuple[Rule, ...], holds: ActiveHolds, at: datetime, tz: Z
     for y in rules:
         if holds.blanket(y):
             out.append(_match_at(y, at, tz, protects=True))
-        elif y.subject and (held := holds.subjects_of(y.subject_kind)):
+        elif has_subject(y) and (held := holds.subjects_of(y.subject_kind)):
             out.append(_match_at(y, at, tz, subjects=tuple(sorted(held)), protects=True))
     return tuple(out)
 
@@ -213,7 +230,8 @@ def _erasure_exclusions(rule: Rule, sit: Situation) -> tuple[Selection, ...]:
     for y in overlapping(rule, sit.rules):
         if y.on_erasure == "keep" or sit.holds.blanket(y):
             out.append(_match(y, sit, protects=True))
-        elif (y.subject and y.subject == rule.subject and y.subject_kind == rule.subject_kind
+        elif (has_subject(y) and subject_source(y) == subject_source(rule)
+              and y.subject_kind == rule.subject_kind
               and y.erasure_action in ("delete", "isolate") and order[y.id] < order[rule.id]):
             out.append(_match(y, sit))
     return tuple(out)
@@ -289,7 +307,8 @@ class RulePlan:
 
 def plan_rule(rule: Rule, sit: Situation, *, time_based: bool = True) -> RulePlan:
     base = time_selection(rule, sit.now, sit.tz) if time_based else None
-    requests = [q for q in sit.requests if rule.subject and q.subject_kind == rule.subject_kind]
+    requests = [q for q in sit.requests
+                if has_subject(rule) and q.subject_kind == rule.subject_kind]
     held_subjects = sit.held_subjects(rule)
     asked = sit.request_subjects(rule)
     erasure_excl = _erasure_exclusions(rule, sit)
@@ -341,7 +360,7 @@ def reapply_holds(sel: Selection, holds: ActiveHolds) -> Selection | None:
             for g in sel.guards))
     if holds.blanket(rule):
         return None
-    held = holds.subjects_of(rule.subject_kind) if rule.subject else frozenset()
+    held = holds.subjects_of(rule.subject_kind) if has_subject(rule) else frozenset()
     if sel.subjects is not None:
         return None if set(sel.subjects) & held else sel
     if not held - set(sel.exclude_subjects):
@@ -414,7 +433,7 @@ def _dated(verdict: Verdict, rule: Rule, facts: Facts, sit: Situation) -> Verdic
 
 def _held(rule: Rule, facts: Facts, sit: Situation, others: list[Rule]) -> Verdict | None:
     hold = sit.holds.blanket(rule)
-    if hold is None and rule.subject and facts.subject is not None:
+    if hold is None and has_subject(rule) and facts.subject is not None:
         hold = sit.holds.subject_ids.get((rule.subject_kind, facts.subject))
     if hold is None:
         hold = next((h for y in others if (h := sit.holds.blanket(y))), None)
@@ -424,7 +443,7 @@ def _held(rule: Rule, facts: Facts, sit: Situation, others: list[Rule]) -> Verdi
 
 
 def _requested(rule: Rule, facts: Facts, sit: Situation, others: list[Rule]) -> Verdict | None:
-    if not rule.subject or facts.subject is None:
+    if not has_subject(rule) or facts.subject is None:
         return None
     q = next((q for q in sit.requests if q.subject_kind == rule.subject_kind
               and q.subject == facts.subject), None)

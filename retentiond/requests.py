@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
-from retentiond.planner import OpenRequest
+from retentiond.planner import OpenRequest, has_subject
 from retentiond.policy.model import Rule
 from retentiond.state import cases
 
@@ -61,7 +61,7 @@ class RequestTracker:
 
     def failed(self, rule: Rule) -> None:
         for q in self.requests:
-            if rule.subject and q.subject_kind == rule.subject_kind:
+            if has_subject(rule) and q.subject_kind == rule.subject_kind:
                 self._entry(q, rule)["failed"] = True
                 self.failed_ids.add(q.id)
 
