@@ -47,6 +47,13 @@ def has_subject(rule: Rule) -> bool:
     return subject_source(rule) is not None
 
 
+def has_clock(rule: Rule) -> bool:
+    """Whether the rule's records carry a clock: a clock column (sql); files and s3 records
+    always do (mtime / LastModified, or the ``{clock:...}`` field of the path), without
+    ``clock:`` naming it."""
+    return bool(rule.clock) or rule.table is None
+
+
 @dataclass(frozen=True)
 class ActiveHolds:
     """The holds in force at one moment."""
@@ -185,7 +192,7 @@ def cascade_guards(rule: Rule, sit: Situation) -> tuple[Guard, ...]:
         floors: list[Selection] = []
         keeps: list[Selection] = []
         for y in ys:
-            if y.keep_for is not None and not y.clock:
+            if y.keep_for is not None and not has_clock(y):
                 floors.append(_match(y, sit, protects=True))
             elif y.keep_for is not None:
                 floors.append(_match(y, sit, clock_after=due_cutoff(at, y.keep_for),
@@ -208,12 +215,12 @@ def _time_exclusions(rule: Rule, sit: Situation, *, holds: bool = True
     for y in overlapping(rule, sit.rules):
         if holds and sit.holds.blanket(y):
             out.append(_match(y, sit, protects=True))
-        elif y.keep_for is not None and y.clock:
+        elif y.keep_for is not None and has_clock(y):
             out.append(_match(y, sit, clock_after=due_cutoff(sit.local_now, y.keep_for),
                               protects=True))
             out += [_match(y, sit, clock_within=gap, protects=True)
                     for gap in due_gaps(sit.local_now, y.keep_for)]
-        if y.dispose_after is not None and y.clock and earlier_due(y, rule, order):
+        if y.dispose_after is not None and has_clock(y) and earlier_due(y, rule, order):
             ysel = time_selection(y, sit.now, sit.tz)
             if ysel is not None:
                 out.append(ysel)

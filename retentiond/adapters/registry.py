@@ -11,6 +11,7 @@ if TYPE_CHECKING:
 
 BUILTIN = {
     "sql": "retentiond.adapters.sql:SqlAdapter",
+    "files": "retentiond.adapters.files:FilesAdapter",
 }
 GROUP = "retentiond.adapters"
 _cache: dict[str, type[Adapter]] = {}

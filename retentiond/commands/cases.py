@@ -9,6 +9,7 @@ from retentiond import output
 from retentiond.app import App
 from retentiond.audit.ledger import Refs
 from retentiond.errors import UsageError
+from retentiond.planner import has_subject
 from retentiond.state import cases
 from retentiond.timeutil import add, parse_duration
 
@@ -19,7 +20,7 @@ def _refs(app: App) -> Refs:
 
 def request_erase(app: App, subject: str, kind: str, ref: str | None, due: str | None) -> int:
     policy = app.policy
-    kinds = sorted({r.subject_kind for r in policy.rules if r.subject})
+    kinds = sorted({r.subject_kind for r in policy.rules if has_subject(r)})
     if kind not in kinds:
         raise UsageError(f"--kind {kind}: no rule has subject_kind {kind!r} "
                          f"(kinds: {', '.join(kinds) or 'none'})")
@@ -79,7 +80,7 @@ def hold_add(app: App, *, subject: str | None, kind: str, rule: str | None, stor
         raise UsageError(f"--rule {rule}: no such rule")
     if store is not None and store not in policy.stores:
         raise UsageError(f"--store {store}: no such store")
-    kinds = sorted({r.subject_kind for r in policy.rules if r.subject})
+    kinds = sorted({r.subject_kind for r in policy.rules if has_subject(r)})
     if subject is not None and kind not in kinds:
         raise UsageError(f"--kind {kind}: no rule has subject_kind {kind!r} "
                          f"(kinds: {', '.join(kinds) or 'none'})")
