@@ -113,9 +113,10 @@ class FilesAdapter(FilesChecks, FilesIsolation, Adapter):
             raise StoreUnreachable(f"{where}: root {root} does not exist; create it or fix "
                                    "root:") from None
         except OSError as exc:
-            what = {errno.ELOOP: "is a symlink; name the directory it points to",
-                    errno.ENOTDIR: "is not a directory"}.get(
-                        exc.errno or 0, f"cannot be opened: {reason(exc)}")
+            # O_DIRECTORY | O_NOFOLLOW on a symlink: ENOTDIR (or ELOOP).
+            what = ("is a symlink; name the directory it points to" if os.path.islink(root)
+                    else "is not a directory" if exc.errno == errno.ENOTDIR
+                    else f"cannot be opened: {reason(exc)}")
             raise StoreUnreachable(f"{where}: root {root} {what}") from None
         self._root_fd = fd
 

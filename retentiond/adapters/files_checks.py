@@ -25,6 +25,20 @@ SYSTEM_DIRS = frozenset({"/", "/etc", "/usr", "/bin", "/sbin", "/boot", "/dev", 
                          "/sys", "/var", "/root", "/home"})
 _LIB = re.compile(r"/lib[^/]*")
 
+
+def _system_dirs() -> frozenset[str]:
+    """The system directories, and where they resolve to on this host (``/lib64`` is
+    ``/usr/lib64`` on a merged-/usr system): a root given either way is refused."""
+    try:
+        libs = {f"/{n}" for n in os.listdir("/") if _LIB.fullmatch(f"/{n}")}
+    except OSError:
+        libs = set()
+    named = SYSTEM_DIRS | libs
+    return frozenset(named | {os.path.realpath(d) for d in named})
+
+
+_RESOLVED_SYSTEM = _system_dirs()
+
 # Rule keys that mean nothing to the files adapter, and what to do instead.
 REFUSED: dict[str, str] = {
     "table": "the files adapter uses path, not table",
@@ -52,7 +66,7 @@ def root_problem(root: str) -> str | None:
         return (f"root {root!r} is not an absolute path; give the directory that holds the "
                 "records, like /srv/uploads")
     norm = normal(root)
-    if norm in SYSTEM_DIRS or _LIB.fullmatch(norm):
+    if norm in _RESOLVED_SYSTEM or _LIB.fullmatch(norm):
         what = "the file system root" if norm == "/" else "a system directory"
         return (f"refusing root {root}: it is {what}; name the directory that holds the "
                 "records, like /srv/uploads")

@@ -37,6 +37,9 @@ def explain(app: App, rule_id: str, key: str) -> int:
         raise UsageError(f"--key {shown(key)}: {exc}") from None
     if facts is None:
         shown_value = f"({', '.join(value)})" if rule.composite_key else key
+        if rule.key is None:  # files and objects: the key is the path itself
+            raise UsageError(f"--key {shown(key)}: no such record in "
+                             f"{rule.store}.{rule.target}")
         raise UsageError(f"--key {key}: no record with {_columns(rule)} = {shown_value} in "
                          f"{rule.store}.{rule.target}")
     state = app.state

@@ -232,7 +232,8 @@ def _anchor_paths(data: dict[str, Any], base: Path) -> None:
         if isinstance(store, dict) and "url" in store:
             store["url"] = _anchor(store["url"], base)
         if isinstance(store, dict) and isinstance(store.get("root"), str):
-            store["root"] = str((base / store["root"]).resolve())
+            # Not resolved: a root that is a symlink is refused as written (files adapter).
+            store["root"] = os.path.normpath(base / store["root"])
     for key in ("secret_key", "signing_key"):
         ref = data.get(key)
         if isinstance(ref, dict) and isinstance(ref.get("file"), str):
