@@ -302,3 +302,120 @@ def invoke_cli(argv: list[str], env: dict[str, str] | None = None) -> Result:
 @pytest.fixture
 def ws(tmp_path: Path, secret_file: Path) -> Workspace:
     return Workspace(tmp_path, secret_file)
+
+
+# -- S3: moto's real HTTP server, one per xdist worker (the s3 adapter's tests) ---------------
+S3_KEYS = {"access_key_id": "testing", "secret_access_key": "testing-secret"}
+
+
+@dataclass
+class S3Server:
+    """moto's S3 server (``tests/s3server.py``), started for the session: boto3 talks HTTP to
+    it as to any S3-compatible store. ``set_last_modified`` is its test clock."""
+
+    endpoint: str
+
+    def client(self) -> Any:
+        import boto3
+        from botocore.config import Config
+
+        return boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1",
+                            aws_access_key_id=S3_KEYS["access_key_id"],
+                            aws_secret_access_key=S3_KEYS["secret_access_key"],
+                            config=Config(s3={"addressing_style": "path"}))
+
+    def store(self, bucket: str, **extra: Any) -> dict[str, Any]:
+        """A policy's store entry for ``bucket`` on this server."""
+        return {"adapter": "s3", "bucket": bucket, "endpoint_url": self.endpoint,
+                "region": "us-east-1", **S3_KEYS, **extra}
+
+    def new_bucket(self, *, versioned: bool = False, lock: bool = False) -> str:
+        name = f"t-{uuid.uuid4().hex[:16]}"
+        c = self.client()
+        c.create_bucket(Bucket=name, ObjectLockEnabledForBucket=lock)
+        if versioned and not lock:  # Object Lock turns versioning on by itself
+            c.put_bucket_versioning(Bucket=name, VersioningConfiguration={"Status": "Enabled"})
+        return name
+
+    def set_last_modified(self, bucket: str, items: dict[str, Any]) -> None:
+        """Set objects' LastModified (``{key: aware datetime}``) through the test clock."""
+        import urllib.request
+
+        body = json.dumps([[bucket, k, v.isoformat()] for k, v in items.items()]).encode()
+        req = urllib.request.Request(f"{self.endpoint}/_retentiond/last-modified", data=body,
+                                     method="POST")
+        with urllib.request.urlopen(req, timeout=30) as answer:
+            assert json.loads(answer.read())["updated"] == len(items)
+
+    def drop_bucket(self, name: str) -> None:
+        """Empty and delete a test bucket (best effort: lifting holds, bypassing governance)."""
+        import contextlib
+
+        c = self.client()
+        try:
+            c.delete_bucket_policy(Bucket=name)
+            pages = c.get_paginator("list_object_versions").paginate(Bucket=name)
+            for page in pages:
+                for v in page.get("Versions", []) + page.get("DeleteMarkers", []):
+                    args = {"Bucket": name, "Key": v["Key"], "VersionId": v["VersionId"]}
+                    with contextlib.suppress(Exception):
+                        c.put_object_legal_hold(**args, LegalHold={"Status": "OFF"})
+                    with contextlib.suppress(Exception):
+                        c.delete_object(**args, BypassGovernanceRetention=True)
+            c.delete_bucket(Bucket=name)
+        except Exception:  # a COMPLIANCE lock outlives the bucket's test; the server ends soon
+            pass
+
+
+def _start_s3_server() -> tuple[subprocess.Popen[str], str]:
+    import select
+    import time
+    import urllib.error
+    import urllib.request
+
+    script = Path(__file__).with_name("s3server.py")
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
+    assert proc.stdout is not None
+    ready, _, _ = select.select([proc.stdout], [], [], 60)
+    line = proc.stdout.readline() if ready else ""
+    if not line.startswith("PORT "):
+        proc.kill()
+        pytest.fail(f"the S3 test server (moto) did not start: {line!r}", pytrace=False)
+    endpoint = f"http://127.0.0.1:{int(line.split()[1])}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            urllib.request.urlopen(f"{endpoint}/", timeout=5).close()
+            return proc, endpoint
+        except urllib.error.HTTPError:
+            return proc, endpoint  # it answers
+        except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                proc.kill()
+                pytest.fail("the S3 test server (moto) does not answer", pytrace=False)
+            time.sleep(0.1)
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    """moto's S3 server in a child process of this worker; never skipped (moto[server] is a
+    development dependency)."""
+    proc, endpoint = _start_s3_server()
+    try:
+        yield S3Server(endpoint)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture
+def s3_bucket(s3_server: S3Server) -> Iterator[str]:
+    """A fresh bucket with versioning and Object Lock enabled, deleted afterwards."""
+    name = s3_server.new_bucket(lock=True)
+    yield name
+    s3_server.drop_bucket(name)

@@ -119,6 +119,25 @@ class Selection:
         return self.subjects is not None and not self.subjects
 
 
+#: ``blocked_by``'s constraint for an object under S3 Object Lock (its table is the bucket).
+OBJECT_LOCK = "object-lock"
+
+
+def blocker(b: Mapping[str, Any]) -> str:
+    """What blocks, in words: ``foreign key orders_fk on orders``, ``Object Lock in bucket
+    media``."""
+    if b["constraint"] == OBJECT_LOCK:
+        return f"Object Lock in bucket {b['table']}"
+    return f"foreign key {b['constraint']} on {b['table']}"
+
+
+def blockers(by: Sequence[Mapping[str, Any]]) -> str:
+    """What blocks a rule's records, in words: ``foreign keys`` or ``Object Lock``."""
+    if by and all(b["constraint"] == OBJECT_LOCK for b in by):
+        return "Object Lock"
+    return "foreign keys"
+
+
 def merge_counts(into: list[dict[str, Any]], more: Sequence[dict[str, Any]]) -> None:
     """Add ``more`` to ``into`` (both ``[{..., count}]``, as ``blocked_by`` and ``cascaded``),
     matching entries on everything but the count."""
@@ -247,6 +266,11 @@ class Adapter(abc.ABC):
     def reference_warnings(self, rule: Rule) -> list[Problem]:
         """What will block or cascade from a rule's disposals, for ``config validate``."""
         return []
+
+    def describe(self) -> dict[str, Any]:
+        """What ``config validate`` shows of the store itself, ``{setting: value}`` (an s3
+        bucket's versioning and Object Lock). Default: nothing."""
+        return {}
 
     @abc.abstractmethod
     def scan(self, selection: Selection, batch_size: int) -> Iterator[list[Candidate]]:

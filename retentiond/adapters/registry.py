@@ -12,6 +12,7 @@ if TYPE_CHECKING:
 BUILTIN = {
     "sql": "retentiond.adapters.sql:SqlAdapter",
     "files": "retentiond.adapters.files:FilesAdapter",
+    "s3": "retentiond.adapters.s3:S3Adapter",
 }
 GROUP = "retentiond.adapters"
 _cache: dict[str, type[Adapter]] = {}

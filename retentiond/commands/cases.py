@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 from typing import cast
 
 from retentiond import output
+from retentiond.adapters.base import blockers
 from retentiond.app import App
 from retentiond.audit.ledger import Refs
 from retentiond.errors import UsageError
@@ -59,9 +60,9 @@ def _outcome(outcome: dict[str, dict[str, object]]) -> str:
         if v.get("held"):
             bits.append("held")
         if v.get("blocked"):
-            keys = ", ".join(f"{b['constraint']} on {b['table']}"
-                             for b in cast(list[dict[str, str]], v.get("blocked_by") or []))
-            bits.append(f"{v['blocked']} blocked by foreign keys ({keys})")
+            by = cast(list[dict[str, str]], v.get("blocked_by") or [])
+            keys = ", ".join(f"{b['constraint']} on {b['table']}" for b in by)
+            bits.append(f"{v['blocked']} blocked by {blockers(by)} ({keys})")
         if v.get("failed"):
             bits.append("failed")
         parts.append(f"{rule}: {', '.join(bits)}")

@@ -47,13 +47,18 @@ def validate(app: App) -> int:
         raise PolicyError(problems, {i: rule.id for i, rule in enumerate(policy.rules)})
     warnings = overlap_warnings(policy) + live_warnings
     _warn(warnings)
+    details = {name: d for name in sorted(policy.stores) if (d := app.adapter(name).describe())}
     summary = {"ok": True, "config": str(app.config_path), "rules": len(policy.rules),
                "stores": len(policy.stores), "warnings": warnings}
+    if details:
+        summary["store_details"] = details
     if app.json:
         output.emit_json(summary)
     else:
         output.line(f"policy OK: {summary['rules']} rules, {summary['stores']} stores "
                     f"({app.config_path})")
+        for name, d in details.items():
+            output.line(f"store {name}: " + ", ".join(f"{k} {v}" for k, v in d.items()))
     return 0
 
 

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 from retentiond import output, planner
-from retentiond.adapters.base import Selection
+from retentiond.adapters.base import Selection, blocker
 from retentiond.app import App
 from retentiond.audit.ledger import Refs
 from retentiond.errors import UsageError, shown
@@ -155,7 +155,7 @@ def _foreign_keys(app: App, doc: dict[str, Any], key: Any, sit: planner.Situatio
         doc["blocked_by"] = by
         doc["decision"] = "blocked"
         doc["why"] = (f"{doc['why']}; but " + ", ".join(
-            f"foreign key {b['constraint']} on {b['table']}" for b in by)
+            blocker(b) for b in by)
             + " keeps the store from disposing it: left out and counted blocked")
 
 
@@ -173,7 +173,7 @@ def _print(doc: dict[str, Any]) -> None:
                 f"{', '.join(doc['requests']) or 'none'}")
     verdict = doc["decision"] + (f" ({doc['action']})" if doc["action"] else "")
     for b in doc["blocked_by"]:
-        output.line(f"  blocked by: foreign key {b['constraint']} on {b['table']}")
+        output.line(f"  blocked by: {blocker(b)}")
     output.line(f"  decision: [bold]{verdict}[/bold]"
                 + (f" by rule {doc['winner']}" if doc["winner"] else "") + f": {doc['why']}")
     output.table("Rules", ("rule", "outcome", "floor until", "due at", "why"), [

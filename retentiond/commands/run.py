@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from retentiond import errors, output
+from retentiond.adapters.base import blockers
 from retentiond.app import App
 from retentiond.executor import RuleResult
 from retentiond.state import lease
@@ -50,6 +51,7 @@ def _show(app: App, report: SweepReport) -> None:
     if app.json:
         output.emit_json(doc)
         return
+    from rich.markup import escape
     rows = [(r.rule, r.store, r.target, _action(r), r.due, r.held, r.kept, r.done, r.failed,
              r.null_clock, r.bad_clock) for r in report.rules]
     t = doc["totals"]
@@ -62,6 +64,8 @@ def _show(app: App, report: SweepReport) -> None:
         output.line(f"store {store}: rules run in foreign-key order (referencing tables "
                     f"first): {' -> '.join(order)}")
     for r in report.rules:
+        for text in r.warnings or ():
+            output.line(f"[yellow]warning:[/yellow] {escape(text)}")
         _references(r, report.dry_run)
         if r.purged:
             output.line(f"rule {r.rule}: {r.purged} isolated records "
@@ -75,13 +79,14 @@ def _show(app: App, report: SweepReport) -> None:
 
 
 def _references(r: RuleResult, dry_run: bool) -> None:
-    """What foreign keys block (never attempted) and what disposals cascade to."""
+    """What foreign keys or Object Lock block (never attempted) and what disposals cascade
+    to."""
     if r.blocked:
         by = ", ".join(f"{b['constraint']} on {b['table']}: {b['count']}" for b in r.blocked_by)
         later = ("; rules that run before it in a real sweep may unblock some" if dry_run
                  else "")
-        output.line(f"rule {r.rule}: {r.blocked} records blocked by foreign keys ({by}), "
-                    f"not attempted{later}")
+        output.line(f"rule {r.rule}: {r.blocked} records blocked by {blockers(r.blocked_by)} "
+                    f"({by}), not attempted{later}")
     for c in r.cascaded:
         what = "deleted" if c["action"] == "delete" else "set to NULL"
         output.line(f"rule {r.rule}: {c['count']} rows of {c['table']} "
