@@ -7,8 +7,10 @@ Usage: ``python tests/s3server.py [--host 127.0.0.1]``. It binds a free port and
 One test-only route is added in front of moto, the **test clock**:
 ``POST /_retentiond/last-modified`` with a JSON body ``[[bucket, key, iso8601], ...]`` sets
 the ``LastModified`` of each object's current version in the server's backend, as
-``os.utime`` sets a file's mtime. A client cannot set ``LastModified`` through the S3 API, and
-the adapter contract moves a record's clock; retentiond itself never calls this route.
+``os.utime`` sets a file's mtime (its older versions move along, one second apart each, so
+that they stay older: moto orders versions by LastModified). A client cannot set
+``LastModified`` through the S3 API, and the adapter contract moves a record's clock;
+retentiond itself never calls this route.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import json
 import signal
 import sys
 from collections.abc import Callable, Iterable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 CLOCK_ROUTE = "/_retentiond/last-modified"
@@ -34,12 +36,14 @@ def _set_last_modified(items: list[list[str]]) -> int:
     done = 0
     for bucket_name, key, at in items:
         bucket = backend.get_bucket(bucket_name)
-        versions = bucket.keys.getlist(key)
+        versions = bucket.keys.getlist(key)  # oldest first
         if not versions:
             continue
-        # moto keeps naive UTC times.
-        versions[-1].last_modified = datetime.fromisoformat(at).astimezone(UTC).replace(
-            tzinfo=None)
+        # moto keeps naive UTC times, and takes the newest LastModified for the current
+        # version: older versions move along, one second apart, to stay older.
+        when = datetime.fromisoformat(at).astimezone(UTC).replace(tzinfo=None)
+        for age, version in enumerate(reversed(versions)):
+            version.last_modified = when - timedelta(seconds=age)
         done += 1
     return done
 

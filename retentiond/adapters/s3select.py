@@ -13,7 +13,7 @@ adapter compares a naive timestamp column.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
@@ -65,7 +65,11 @@ def isolated_prefixes(store_name: str, store: Store, policy: Policy) -> tuple[st
 
 
 def isolated_key(prefix: str, rule: Rule, purge_after: datetime, key: str) -> str:
-    return f"{prefix}{rule.id}/{purge_after.astimezone(UTC).strftime(PURGE_FORMAT)}/{key}"
+    """The copy's key; its purge time is rounded up to the second (never purged early)."""
+    at = purge_after.astimezone(UTC)
+    if at.microsecond:
+        at = at.replace(microsecond=0) + timedelta(seconds=1)
+    return f"{prefix}{rule.id}/{at.strftime(PURGE_FORMAT)}/{key}"
 
 
 def parse_isolated(prefix: str, rule: Rule, name: str) -> tuple[datetime, str] | None:
