@@ -43,7 +43,7 @@ from retentiond.adapters.sqlexpr import (
     take_next,
     where_text,
 )
-from retentiond.adapters.sqlsplit import Attempt, integrity_reason, split
+from retentiond.adapters.sqlsplit import Attempt, Bind, integrity_reason, split
 from retentiond.adapters.sqltypes import LISTENERS, is_time_type, is_view, type_name
 from retentiond.errors import RecordsFailed, StoreError, StoreUnreachable
 from retentiond.log import get_logger, redact_url
@@ -413,12 +413,17 @@ class SqlAdapter(SqlChecks, SqlActions, SqlRefs, Adapter):
             with self.cascading_batch(conn, table, where):
                 return delete_returning(conn, table, key, where)
 
-        return self.each(f"deleting from {table.name}", keys, attempt)
+        # Record by record after a failure, unless the batch counts what it cascades to.
+        one = (None if self.cascading(table)
+               else sa.delete(table).where(selected, key.one()))
+        return self.each(f"deleting from {table.name}", keys, attempt, one, key.parts)
 
-    def each(self, doing: str, keys: Sequence[Any], attempt: Attempt) -> list[Any]:
+    def each(self, doing: str, keys: Sequence[Any], attempt: Attempt, one: Any = None,
+             bind: Bind | None = None) -> list[Any]:
         """Dispose ``keys`` with ``attempt`` in one transaction; when it fails with an
         integrity error nobody foresaw, dispose them again record by record where needed
-        (:func:`split`) and raise :class:`RecordsFailed` naming what was disposed."""
+        (:func:`split`, with the one-record statement ``one`` where given) and raise
+        :class:`RecordsFailed` naming what was disposed."""
         with self._errors(doing):
             try:
                 with self.engine.begin() as conn:
@@ -427,7 +432,7 @@ class SqlAdapter(SqlChecks, SqlActions, SqlRefs, Adapter):
                 if integrity_reason(exc) is None:
                     raise
             with self.engine.begin() as conn:
-                disposed, failed = split(conn, keys, attempt)
+                disposed, failed = split(conn, keys, attempt, one, bind)
         log.warning("records failed", doing=doing, failed=sum(failed.values()),
                     disposed=len(disposed))
         raise RecordsFailed(disposed, failed)
@@ -487,11 +492,9 @@ class SqlAdapter(SqlChecks, SqlActions, SqlRefs, Adapter):
             return key.values(conn.execute(dml.where(key.in_(dialect, part))
                                            .returning(*key.read)).all())
 
-        one = (None if key.composite else
-               dml.where(key.cmp[0] == sa.bindparam("rd_key")))
         with self.engine.begin() as conn:
             picked = key.values(conn.execute(pick.with_only_columns(*key.read)).all())
-            disposed, failed = split(conn, picked, attempt, one)
+            disposed, failed = split(conn, picked, attempt, dml.where(key.one()), key.parts)
             disposed.sort(key=key.params)
             if disposed:
                 intent(disposed)

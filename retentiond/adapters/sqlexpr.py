@@ -146,6 +146,18 @@ class Key:
             return self._bind(0, key)
         return tuple(self._bind(i, v) for i, v in enumerate(key))
 
+    def one(self) -> sa.ColumnElement[bool]:
+        """The record whose key components are bound as ``rd_key_0``, ``rd_key_1``, ...
+        (:meth:`parts` gives them): a one-record statement of the per-record paths."""
+        conds: list[sa.ColumnElement[bool]] = [
+            c == sa.bindparam(f"rd_key_{i}") for i, c in enumerate(self.cmp)]
+        return sa.and_(*conds)
+
+    def parts(self, key: Any) -> list[Any]:
+        """A key's components as :meth:`one` binds them."""
+        bound = self.params(key)
+        return list(bound) if self.composite else [bound]
+
     def after(self, last: Any) -> sa.ColumnElement[bool]:
         """Records with keys above ``last``."""
         last = self.params(last)
@@ -182,6 +194,10 @@ class Key:
         elsewhere a row-value IN, ``(a, b) IN (VALUES (?, ?), ...)`` on SQLite."""
         if not self.composite:
             return keys_in(dialect, self.cmp[0], [self.params(k) for k in keys])
+        if len(keys) == 1:
+            # Column by column: MariaDB plans a one-row ``(a, b) IN ((1, 2))`` as a full scan.
+            first = self.params(keys[0])
+            return sa.and_(*(c == v for c, v in zip(self.cmp, first, strict=True)))
         if dialect == "postgresql":
             from sqlalchemy.dialects.postgresql import ARRAY
 

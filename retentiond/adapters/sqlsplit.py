@@ -1,11 +1,16 @@
 """Records that fail alone: when a batch's statement raises an integrity-class error nobody
 foresaw (a trigger raising, a check constraint, a key in another store), the store rolled the
-batch back. :func:`split` then disposes the batch again in one transaction, halving it under
-savepoints until the failing records stand alone; every other record is disposed.
+batch back. :func:`split` then disposes the batch again in one transaction, each record on its
+own where the adapter gives a one-record statement: on PostgreSQL in one call of a
+session-temporary PL/pgSQL function (an exception block per record), on SQLite and MariaDB/MySQL
+as one prepared statement per record on the driver's cursor (both roll back only the failing
+statement). Every other record is disposed.
 
-Cost: halving stops at :data:`LEAF` keys, below which each key is tried on its own, so a batch
-where every record fails costs about ``n + 2n/LEAF`` statements and savepoints, a batch with one
-failing record about ``2 log2(n/LEAF) + LEAF`` -- never one transaction per record.
+Without a one-record statement (a batch that counts what it cascades to, isolate, anonymize)
+the batch is halved under savepoints until the failing records stand alone: halving stops at
+:data:`LEAF` keys, below which each key is tried on its own, so a batch where every record
+fails costs about ``n + 2n/LEAF`` statements and savepoints, a batch with one failing record
+about ``2 log2(n/LEAF) + LEAF`` -- never one transaction per record.
 
 :func:`integrity_reason` says whether an error is of that class and names it without values:
 a constraint's name where the driver gives it apart from the message (psycopg), or parsed from
@@ -14,9 +19,12 @@ the message's ``CONSTRAINT `name``` (PyMySQL); the error class alone on SQLite.
 
 from __future__ import annotations
 
+import json
 import re
 from collections import Counter
 from collections.abc import Callable, Sequence
+from datetime import date, datetime, time
+from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
@@ -37,6 +45,10 @@ _MYSQL_KINDS = {1451: "foreign key", 1452: "foreign key", 1216: "foreign key",
                 1217: "foreign key", 3819: "check constraint", 4025: "check constraint"}
 
 Attempt = Callable[[Connection, Sequence[Any]], list[Any]]
+# A key's components as a one-key statement binds them (``rd_key_0``, ``rd_key_1``, ...).
+Bind = Callable[[Any], Sequence[Any]]
+# Component types the per-record paths bind directly; any other key takes the halving path.
+_PLAIN = (int, str, datetime, date, time, Decimal)
 
 
 def integrity_reason(exc: BaseException) -> str | None:
@@ -84,40 +96,49 @@ def _mysql_reason(orig: Any, args: Sequence[Any]) -> str | None:
 
 
 def split(conn: Connection, keys: Sequence[Any], attempt: Attempt,
-          one: Any = None) -> tuple[list[Any], Counter[str]]:
+          one: Any = None, bind: Bind | None = None) -> tuple[list[Any], Counter[str]]:
     """Dispose ``keys`` with ``attempt`` (one statement over a list of keys that re-checks the
     selection and returns what it disposed) inside ``conn``'s transaction, each part under a
     savepoint; return the disposed keys and the failed ones counted by reason. ``one``: the
-    same statement for a single key (bound as ``rd_key``, no ``RETURNING``), which the parts
-    of one key run on the driver's cursor (:class:`Single`), without SQLAlchemy's overhead
-    per statement: a batch where every record fails then costs little more than a clean one."""
+    same statement for a single key (its components bound as ``rd_key_0``, ``rd_key_1``, ...,
+    no ``RETURNING``), with ``bind`` giving a key's components as bound; then every record
+    is tried on its own, without SQLAlchemy's overhead per statement: on PostgreSQL in one
+    call of a server-side function, elsewhere on the driver's cursor (:class:`Single`). A
+    batch where every record fails then costs little more than a clean one."""
     disposed: list[Any] = []
     failed: Counter[str] = Counter()
-    if conn.dialect.name == "postgresql" and one is not None:
-        done = _pg_each(conn, one, keys, disposed, failed)
+    bound = None
+    if one is not None and bind is not None:
+        bound = [bind(k) for k in keys]
+        if not all(type(v) in _PLAIN for parts in bound for v in parts):
+            bound = None
+    if bound is not None and conn.dialect.name == "postgresql":
+        done = _pg_each(conn, one, keys, bound, disposed=disposed, failed=failed)
         if done:
             return disposed, failed
-    single = Single.make(conn, one, keys)
-    if single is not None:
+    single = Single.make(conn, one, bound[0] if bound else None)
+    if single is not None and bound is not None:
         # One prepared statement per record: cheaper than halving, whose statements over
         # whole parts cost SQLAlchemy's overhead each, when many records fail.
-        for k in keys:
-            reason = single.run(k, disposed)
-            if reason is not None:
+        for k, parts in zip(keys, bound, strict=True):
+            reason = single.run(parts)
+            if reason is None:
+                if single.gone:
+                    disposed.append(k)
+            else:
                 failed[reason] += 1
         return disposed, failed
-    _split(conn, list(keys), attempt, disposed, failed, first=True, single=single)
+    _split(conn, list(keys), attempt, disposed, failed, first=True)
     return disposed, failed
 
 
 def _split(conn: Connection, keys: list[Any], attempt: Attempt, disposed: list[Any],
-           failed: Counter[str], *, first: bool, single: Single | None) -> None:
+           failed: Counter[str], *, first: bool) -> None:
     if not keys:
         return
     if len(keys) <= LEAF and not first:
         for k in keys:
-            reason = (single.run(k, disposed) if single is not None
-                      else _try(conn, [k], attempt, disposed))
+            reason = _try(conn, [k], attempt, disposed)
             if reason is not None:
                 failed[reason] += 1
         return
@@ -125,8 +146,8 @@ def _split(conn: Connection, keys: list[Any], attempt: Attempt, disposed: list[A
     if not first and _try(conn, keys, attempt, disposed) is None:
         return
     half = len(keys) // 2 or 1
-    _split(conn, keys[:half], attempt, disposed, failed, first=False, single=single)
-    _split(conn, keys[half:], attempt, disposed, failed, first=False, single=single)
+    _split(conn, keys[:half], attempt, disposed, failed, first=False)
+    _split(conn, keys[half:], attempt, disposed, failed, first=False)
 
 
 def _try(conn: Connection, keys: list[Any], attempt: Attempt, disposed: list[Any]
@@ -150,49 +171,59 @@ class Single:
     transaction: a savepoint around it on PostgreSQL (an error aborts the whole transaction
     there); none on SQLite, where a failing statement undoes only itself (a trigger's
     ``RAISE(ROLLBACK)`` ends the transaction: then the batch fails as a whole, nothing is
-    ledgered). Only for plain integer or text keys and statements without expanding lists."""
+    ledgered), nor on MariaDB/MySQL, where InnoDB rolls back only the failing statement on the
+    integrity-class errors caught here (a deadlock, which rolls back the transaction, is not
+    one of them: it fails the batch as a whole). Only for keys whose components are plain
+    values (:data:`_PLAIN`) and statements without expanding lists."""
 
-    def __init__(self, conn: Connection, sql: str, params: dict[str, Any],
-                 processors: dict[str, Any], order: Sequence[str] | None) -> None:
+    def __init__(self, conn: Connection, sql: str, params: dict[str, Any], *,
+                 processors: dict[str, Any], order: Sequence[str] | None,
+                 names: Sequence[str]) -> None:
         raw: Any = conn.connection.dbapi_connection
         self.raw = raw
         self.dialect = conn.dialect
         self.cursor = raw.cursor()
         self.sql, self.params, self.processors, self.order = sql, params, processors, order
-        self.savepoints = conn.dialect.name != "sqlite"
+        self.names = names
+        self.savepoints = conn.dialect.name == "postgresql"
+        self.gone = False
 
     @classmethod
-    def make(cls, conn: Connection, one: Any, keys: Sequence[Any]
-             ) -> Single | None:
-        if one is None or conn.dialect.name not in ("sqlite", "postgresql") or not all(
-                type(k) in (int, str) for k in keys):
+    def make(cls, conn: Connection, one: Any, first: Sequence[Any] | None) -> Single | None:
+        if one is None or first is None or conn.dialect.name not in (
+                "sqlite", "postgresql", "mysql", "mariadb"):
             return None
         compiled = one.compile(dialect=conn.dialect)
         sql = str(compiled)
-        if "POSTCOMPILE" in sql or "rd_key" not in compiled.binds:
+        names = [f"rd_key_{i}" for i in range(len(first))]
+        if "POSTCOMPILE" in sql or not all(n in compiled.binds for n in names):
             return None
         processors = dict(getattr(compiled, "_bind_processors", {}))
         order = list(compiled.positiontup) if compiled.positiontup else None
-        return cls(conn, sql, dict(compiled.construct_params({"rd_key": None})), processors, order)
+        return cls(conn, sql, dict(compiled.construct_params(dict.fromkeys(names))),
+                   processors=processors, order=order, names=names)
 
-    def _bound(self, key: Any) -> Any:
-        values = {**self.params, "rd_key": key}
+    def _bound(self, parts: Sequence[Any]) -> Any:
+        values = {**self.params, **dict(zip(self.names, parts, strict=True))}
         values = {n: self.processors[n](v) if n in self.processors else v
                   for n, v in values.items()}
         return [values[n] for n in self.order] if self.order is not None else values
 
-    def run(self, key: Any, disposed: list[Any]) -> str | None:
+    def run(self, parts: Sequence[Any]) -> str | None:
+        """Dispose one record (its key's components as bound); None when it went or no
+        longer matched (:attr:`gone` says which), else why it failed."""
         cur = self.cursor
+        self.gone = False
         if self.savepoints:
             cur.execute("SAVEPOINT rd_one")
         try:
-            cur.execute(self.sql, self._bound(key))
+            cur.execute(self.sql, self._bound(parts))
             gone = cur.rowcount > 0
         except Exception as exc:
             reason = driver_reason(exc)
             if self.savepoints and reason is not None:
                 cur.execute("ROLLBACK TO SAVEPOINT rd_one")
-            elif not self.savepoints and not self.raw.in_transaction:
+            elif self.dialect.name == "sqlite" and not self.raw.in_transaction:
                 reason = None  # the whole transaction is gone: the batch fails as a whole
             if reason is None:
                 # As SQLAlchemy would have raised it, for the adapter to map.
@@ -202,8 +233,7 @@ class Single:
             return reason
         if self.savepoints:
             cur.execute("RELEASE SAVEPOINT rd_one")
-        if gone:
-            disposed.append(key)
+        self.gone = gone
         return None
 
 
@@ -227,18 +257,18 @@ END $f$"""
 _PLACEHOLDER = re.compile(r"%\((\w+)\)s|%%")
 
 
-def _pg_each(conn: Connection, one: Any, keys: Sequence[Any], disposed: list[Any],
-             failed: Counter[str]) -> bool:
+def _pg_each(conn: Connection, one: Any, keys: Sequence[Any], bound: Sequence[Sequence[Any]],
+             *, disposed: list[Any], failed: Counter[str]) -> bool:
     """Dispose ``keys`` one by one with ``one`` in one call of a session-temporary function;
-    False (nothing done) when the statement cannot be passed to it (expanding lists, keys
-    that are not plain integers or text). Every parameter travels as text in an array and
-    is cast back to its type in the statement: no value is ever rendered into SQL."""
-    if not all(type(k) in (int, str) for k in keys):
-        return False
+    False (nothing done) when the statement cannot be passed to it (expanding lists). Every
+    parameter travels as text and is cast back to its type in the statement: a key as one
+    JSON array of its components' texts, the selection's values in a text array; no value
+    is ever rendered into SQL."""
     compiled = one.compile(dialect=conn.dialect)
     if "POSTCOMPILE" in compiled.string:
         return False
-    values = compiled.construct_params({"rd_key": None})
+    width = len(bound[0]) if bound else 1
+    values = compiled.construct_params({f"rd_key_{i}": None for i in range(width)})
     processors = dict(getattr(compiled, "_bind_processors", {}))
     escaped = {v: k for k, v in (compiled.escaped_bind_names or {}).items()}
     params: list[str | None] = []
@@ -250,8 +280,8 @@ def _pg_each(conn: Connection, one: Any, keys: Sequence[Any], disposed: list[Any
             return "%"
         bind = compiled.binds[escaped.get(name, name)]
         cast = _unbounded(conn, bind.type)
-        if name == "rd_key":
-            return f"($1)::{cast}"
+        if name.startswith("rd_key_"):
+            return f"(($1)::json->>{int(name[7:])})::{cast}"
         if name not in names:
             value = values[name]
             value = processors[name](value) if name in processors else value
@@ -268,15 +298,21 @@ def _pg_each(conn: Connection, one: Any, keys: Sequence[Any], disposed: list[Any
             conn.exec_driver_sql(_PG_EACH)
     except DBAPIError:
         return False
+    texts = [json.dumps([None if v is None else _text(v) for v in parts]) for parts in bound]
     rows = conn.exec_driver_sql(
         "SELECT ok, state, cname FROM pg_temp.retentiond_each(%(stmt)s, %(keys)s, %(params)s)",
-        {"stmt": stmt, "keys": [str(k) for k in keys], "params": params}).all()
+        {"stmt": stmt, "keys": texts, "params": params}).all()
     for k, (ok, state, cname) in zip(keys, rows, strict=True):
         if ok:
             disposed.append(k)
         elif state is not None:
             failed[_pg_state_reason(state, cname, _pg_class(state)) or state] += 1
     return True
+
+
+def _text(value: Any) -> str:
+    """A key component as PostgreSQL reads it back from text: ISO 8601 for times."""
+    return value.isoformat() if isinstance(value, date | time) else str(value)
 
 
 def _pg_class(sqlstate: str) -> str:

@@ -8,12 +8,14 @@ never reach the output. ``batch_size: 4`` spreads the failing rows over several 
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 from helpers import ledger, now_seconds, record_ref
+
+from retentiond.audit.ledger import key_text
 
 OLD_DAYS = 800
 DUE = set(range(1, 31))  # ids 1..30 are old, 31..40 recent
@@ -194,4 +196,48 @@ def test_a_check_constraint_fails_anonymised_records_alone(store_db: Any, ws: An
     refs_ledgered = [r for e in ledger(ws.root / "state.db", "dispose") for r in e["record_refs"]]
     assert sorted(refs_ledgered) == sorted(
         record_ref(ws.secret, "app", "accounts", k) for k in DUE - LOCKED)
+    assert ws.invoke("audit", "verify").code == 0
+
+
+# -- a composite key (day, id): the per-record path binds every component -----------------
+DAY0 = datetime(2021, 3, 1, 8, 30, 0)
+COMPOSITE = {**RULE, "key": ["day", "id"]}
+
+
+def seed_composite(engine: sa.Engine, triggers: list[str]) -> None:
+    md = sa.MetaData()
+    events = sa.Table("events", md,
+                      sa.Column("day", sa.DateTime, primary_key=True),
+                      sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+                      sa.Column("created_at", sa.DateTime, nullable=False),
+                      sa.Column("subject_id", sa.Integer, nullable=True),
+                      sa.Column("locked", sa.Integer, nullable=False),
+                      mysql_engine="InnoDB")
+    md.create_all(engine)
+    now = now_seconds()
+    with engine.begin() as conn:
+        conn.execute(events.insert(), [
+            {"day": DAY0 + timedelta(days=i % 3), "id": i,
+             "created_at": now - timedelta(days=OLD_DAYS if i in DUE else 5),
+             "subject_id": 100 + i, "locked": int(i in LOCKED)} for i in range(1, 41)])
+        for sql in triggers:
+            conn.execute(sa.text(sql))
+
+
+def test_failing_rows_of_a_composite_key_fail_alone(store_db: Any, ws: Any) -> None:
+    engine = store_db.engine()
+    seed_composite(engine, trigger_sql(store_db.backend, dict.fromkeys(
+        ("sqlite", "postgresql", "mariadb"), "old.locked = 1")))
+    ws.policy({"app": {"adapter": "sql", "url": store_db.url}}, [COMPOSITE], batch_size=8)
+
+    res = ws.invoke("--json", "run")
+
+    assert res.code == 1, res.err
+    assert remaining(engine) == LOCKED | set(range(31, 41))
+    rule = res.json()["rules"][0]
+    assert (rule["due"], rule["done"], rule["failed"]) == (30, 24, 6)
+    assert rule["error"] == f"6 records failed: {REASONS[store_db.backend]}"
+    want = sorted(record_ref(ws.secret, "app", "events", key_text(
+        (DAY0 + timedelta(days=i % 3), i))) for i in DUE - LOCKED)
+    assert sorted(disposed_refs(ws)) == want
     assert ws.invoke("audit", "verify").code == 0
