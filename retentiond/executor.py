@@ -243,7 +243,13 @@ class Executor:
                 return None
             result.records_failed(batch.failed)
             if batch.disposed:
-                self._record(current, written["id"], written["refs"], written["json"])
+                refs, encoded = written["refs"], written["json"]
+                if len(batch.disposed) < len(refs):
+                    # A store without transactions announces a batch before deleting it;
+                    # the records it then refused failed alone: ledger the others only.
+                    refs, encoded = self.refs.records(rule.store, rule.target,
+                                                      batch.disposed), None
+                self._record(current, written["id"], refs, encoded)
                 result.done += len(batch.disposed)
             position["after"] = batch.last_read
             return len(batch.disposed), batch.last_read is not None

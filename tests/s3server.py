@@ -11,6 +11,10 @@ the ``LastModified`` of each object's current version in the server's backend, a
 that they stay older: moto orders versions by LastModified). A client cannot set
 ``LastModified`` through the S3 API, and the adapter contract moves a record's clock;
 retentiond itself never calls this route.
+
+A second one seeds large data sets fast (``bench/s3_delete.py``): ``POST
+/_retentiond/put-objects`` with ``[[bucket, key, iso8601], ...]`` creates each object (a short
+body) in the backend and sets its ``LastModified``, without an HTTP request per object.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 CLOCK_ROUTE = "/_retentiond/last-modified"
+SEED_ROUTE = "/_retentiond/put-objects"
 
 Wsgi = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
@@ -48,13 +53,27 @@ def _set_last_modified(items: list[list[str]]) -> int:
     return done
 
 
+def _put_objects(items: list[list[str]]) -> int:
+    from moto.core import DEFAULT_ACCOUNT_ID
+    from moto.s3.models import s3_backends
+
+    backend = s3_backends[DEFAULT_ACCOUNT_ID]["aws"]
+    for bucket_name, key, _ in items:
+        backend.put_object(bucket_name, key, f"object {key}".encode())
+    return _set_last_modified(items)
+
+
+ROUTES = {CLOCK_ROUTE: _set_last_modified, SEED_ROUTE: _put_objects}
+
+
 def with_test_clock(app: Wsgi) -> Wsgi:
     def wrapped(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        if environ.get("PATH_INFO") != CLOCK_ROUTE or environ.get("REQUEST_METHOD") != "POST":
+        route = ROUTES.get(environ.get("PATH_INFO", ""))
+        if route is None or environ.get("REQUEST_METHOD") != "POST":
             return app(environ, start_response)
         size = int(environ.get("CONTENT_LENGTH") or 0)
         try:
-            done = _set_last_modified(json.loads(environ["wsgi.input"].read(size)))
+            done = route(json.loads(environ["wsgi.input"].read(size)))
         except Exception as exc:
             start_response("400 Bad Request", [("Content-Type", "text/plain")])
             return [f"{type(exc).__name__}: {exc}".encode()]

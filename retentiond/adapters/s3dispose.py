@@ -15,11 +15,11 @@ all`` a version written after the re-read is never deleted (deletes name version
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from retentiond.adapters.base import Candidate, Selection
+from retentiond.adapters.base import Candidate, NextBatch, Selection
 from retentiond.adapters.s3store import Head, S3Store, Version
 from retentiond.errors import RecordsFailed
 from retentiond.log import get_logger
@@ -76,6 +76,39 @@ class S3Disposal:
 
     def delete(self, selection: Selection, keys: Sequence[Any]) -> list[Any]:
         return self.dispose_objects(selection, keys, isolate=False)
+
+    def delete_next(self, selection: Selection, after: Any, limit: int,
+                    intent: Callable[[list[Any]], None]) -> NextBatch | None:
+        """The fast path of a delete sweep: list on from ``after`` until ``limit`` objects
+        the selection covers are read, announce them (``intent``), delete them. The listing
+        that picks a batch is as fresh as the re-read a scanned batch gets, so each object is
+        listed once instead of twice. Every version of a key (``versions: all`` in a
+        versioned bucket) is listed per key: that takes the scan path (None)."""
+        rule = selection.rule
+        layout = self.layout(rule)
+        if rule.versions == "all" and self.bucket(layout.bucket).versioned:
+            return None
+        if selection.everything_excluded:
+            return NextBatch([], None)
+        picked: list[str] = []
+        last_read: str | None = None
+        for page in self.s3.pages(layout.bucket, layout.listing, start_after=after):
+            items = [(Current(h), n) for h in page if (n := layout.parse(h.key)) is not None]
+            chosen = [c.head.key for c, _ in self._covered(selection, items)]
+            room = limit - len(picked)
+            picked += chosen[:room]
+            if len(chosen) >= room:
+                last_read = picked[-1]
+                break
+        if not picked:
+            return NextBatch([], last_read)
+        intent(picked)
+        refused = self.remove(layout.bucket, [(k, None) for k in picked])
+        if refused:
+            log.warning("records failed", rule=rule.id, failed=len(refused),
+                        disposed=len(picked) - len(refused))
+        return NextBatch([k for k in picked if k not in refused], last_read,
+                         Counter(refused.values()))
 
     def isolate(self, selection: Selection, keys: Sequence[Any]) -> list[Any]:
         return self.dispose_objects(selection, keys, isolate=True)

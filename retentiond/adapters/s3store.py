@@ -80,6 +80,19 @@ def locked(headers: dict[str, Any], now: datetime) -> bool:
     return False
 
 
+def timestamp(text: str) -> datetime:
+    """A timestamp of an S3 response: the ISO 8601 of listings by ``datetime.fromisoformat``
+    (dateutil, botocore's default, costs as much as the rest of a listing's parsing), anything
+    else (HTTP dates of HeadObject) by botocore's parser."""
+    from botocore.utils import parse_timestamp
+
+    try:
+        at = datetime.fromisoformat(text)
+    except (TypeError, ValueError):
+        return parse_timestamp(text)  # type: ignore[no-any-return]
+    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)  # S3 speaks UTC
+
+
 def _version(v: dict[str, Any], *, marker: bool) -> Version:
     return Version(str(v["VersionId"]), bool(v.get("IsLatest")), marker, v["LastModified"],
                    v.get("ETag", ""), v.get("Size", 0))
@@ -108,6 +121,7 @@ class S3Store:
 
     def _make_client(self) -> Any:
         import boto3
+        import botocore.session
         from botocore.config import Config
 
         store = self.store
@@ -119,8 +133,11 @@ class S3Store:
         keys = {"aws_access_key_id": store.access_key_id,
                 "aws_secret_access_key": store.secret_access_key,
                 "aws_session_token": store.session_token}
+        session = botocore.session.get_session()
+        session.get_component("response_parser_factory").set_parser_defaults(
+            timestamp_parser=timestamp)
         with self.errors("creating the S3 client"):
-            return boto3.session.Session().client(
+            return boto3.session.Session(botocore_session=session).client(
                 "s3", endpoint_url=store.endpoint_url, region_name=store.region, config=config,
                 **{k: str(v) for k, v in keys.items() if v is not None})
 
