@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from retentiond.adapters.base import Adapter, Candidate, Problem, Selection
+from retentiond.adapters.base import OBJECT_LOCK, Adapter, Candidate, Problem, Selection
 from retentiond.adapters.pathglob import compiled
 from retentiond.adapters.recordsel import Covers
 from retentiond.adapters.s3dispose import Current, S3Disposal
@@ -37,15 +37,10 @@ from retentiond.adapters.s3isolate import S3Isolation
 from retentiond.adapters.s3select import Layout, Named, isolated_prefixes, isolation, view
 from retentiond.adapters.s3store import Head, S3Store, Version
 from retentiond.errors import StoreError, StoreUnreachable
-from retentiond.log import get_logger
 
 if TYPE_CHECKING:
     from retentiond.planner import Facts
     from retentiond.policy.model import Policy, Rule, Store
-
-log = get_logger(__name__)
-LOCK = "object-lock"
-
 
 @dataclass(frozen=True)
 class Bucket:
@@ -360,12 +355,12 @@ class S3Adapter(S3Disposal, S3Isolation, Adapter):
         n = sum(locked for chosen in self._pages(selection, locks=True)
                 for _, _, locked in chosen)
         bucket = self.layout(rule).bucket
-        return (n, [{"constraint": LOCK, "table": bucket, "count": n}]) if n else (0, [])
+        return (n, [{"constraint": OBJECT_LOCK, "table": bucket, "count": n}]) if n else (0, [])
 
     def blocking_record(self, selection: Selection, key: Any) -> list[dict[str, str]]:
         bucket = self.layout(selection.rule).bucket
         if self.lock_applies(selection.rule) and self.locks(bucket, [str(key)])[0]:
-            return [{"constraint": LOCK, "table": bucket}]
+            return [{"constraint": OBJECT_LOCK, "table": bucket}]
         return []
 
     def facts(self, rules: Sequence[Rule], key: Any) -> Facts | None:

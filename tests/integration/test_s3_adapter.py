@@ -431,3 +431,35 @@ def test_an_unreachable_endpoint_is_exit_3(ws: Any) -> None:
         "error: store media: cannot reach http://127.0.0.1:1 while reading bucket media; "
         "check endpoint_url and the network")
     assert "hunter2" not in result.out + result.err
+
+
+# -- credentials ----------------------------------------------------------------------------------
+NO_AMBIENT = {"AWS_EC2_METADATA_DISABLED": "true", "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent",
+              "AWS_CONFIG_FILE": "/nonexistent"}
+
+
+def test_credentials_from_the_policy_or_boto3s_chain(ws: Any, plain: Bucket,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+                 "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    plain.put(OBJECTS)
+    store = {"adapter": "s3", "bucket": plain.name, "endpoint_url": plain.server.endpoint,
+             "region": "us-east-1"}
+    ws.policy({"media": store}, [RULE])
+    none = ws.invoke("plan", env=NO_AMBIENT)
+    assert none.code == 3, none.err
+    assert log_free_lines(none.err)[-1] == (
+        f"error: store media: no usable S3 credentials while reading bucket {plain.name}; set "
+        "access_key_id and secret_access_key on the store or configure boto3's credential "
+        "chain")
+
+    chain = ws.invoke("plan", "--json", env={**NO_AMBIENT, "AWS_ACCESS_KEY_ID": "from-env",
+                                             "AWS_SECRET_ACCESS_KEY": "env-secret-1"})
+    assert ok(chain)["rules"][0]["due"] == 3
+
+    ws.policy({"media": {**store, "access_key_id": "media-key",
+                         "secret_access_key": {"env": "MEDIA_S3_SECRET"}}}, [RULE])
+    given = ws.invoke("plan", "--json", env={**NO_AMBIENT, "MEDIA_S3_SECRET": "s3cr3t-9f2"})
+    assert ok(given)["rules"][0]["due"] == 3
+    assert "s3cr3t-9f2" not in given.out + given.err
