@@ -12,9 +12,11 @@ that they stay older: moto orders versions by LastModified). A client cannot set
 ``LastModified`` through the S3 API, and the adapter contract moves a record's clock;
 retentiond itself never calls this route.
 
-A second one seeds large data sets fast (``bench/s3_delete.py``): ``POST
-/_retentiond/put-objects`` with ``[[bucket, key, iso8601], ...]`` creates each object (a short
-body) in the backend and sets its ``LastModified``, without an HTTP request per object.
+Two more save the tests and the benchmark an HTTP request per object: ``POST
+/_retentiond/put-objects`` with ``[[bucket, key, iso8601, {tag: value}?], ...]`` creates each
+object (a short body, the tags if given) in the backend and sets its ``LastModified``; ``POST
+/_retentiond/drop-buckets`` with ``[bucket, ...]`` removes buckets with everything in them
+(Object Lock included: a test's COMPLIANCE retention must not outlive it).
 """
 
 from __future__ import annotations
@@ -28,16 +30,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 CLOCK_ROUTE = "/_retentiond/last-modified"
-SEED_ROUTE = "/_retentiond/put-objects"
 
 Wsgi = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 
 def _set_last_modified(items: list[list[str]]) -> int:
-    from moto.core import DEFAULT_ACCOUNT_ID
-    from moto.s3.models import s3_backends
-
-    backend = s3_backends[DEFAULT_ACCOUNT_ID]["aws"]
+    backend = _backend()
     done = 0
     for bucket_name, key, at in items:
         bucket = backend.get_bucket(bucket_name)
@@ -53,17 +51,42 @@ def _set_last_modified(items: list[list[str]]) -> int:
     return done
 
 
-def _put_objects(items: list[list[str]]) -> int:
+def _backend() -> Any:
     from moto.core import DEFAULT_ACCOUNT_ID
     from moto.s3.models import s3_backends
 
-    backend = s3_backends[DEFAULT_ACCOUNT_ID]["aws"]
-    for bucket_name, key, _ in items:
-        backend.put_object(bucket_name, key, f"object {key}".encode())
-    return _set_last_modified(items)
+    return s3_backends[DEFAULT_ACCOUNT_ID]["aws"]
 
 
-ROUTES = {CLOCK_ROUTE: _set_last_modified, SEED_ROUTE: _put_objects}
+def _put_objects(items: list[list[Any]]) -> int:
+    backend = _backend()
+    for item in items:
+        obj = backend.put_object(item[0], item[1], f"object {item[1]}".encode())
+        if len(item) > 3 and item[3]:
+            backend.put_object_tagging(obj, item[3])
+    return _set_last_modified([item[:3] for item in items])
+
+
+def _drop_buckets(names: list[str]) -> int:
+    from moto.s3.models import s3_backends
+
+    backend = _backend()
+    dropped = 0
+    for name in names:
+        bucket = backend.buckets.pop(name, None)
+        s3_backends.bucket_accounts.pop(name, None)
+        if bucket is not None:
+            for _, versions in bucket.keys.iterlists():
+                for version in versions:
+                    if hasattr(version, "dispose"):
+                        version.dispose()
+            dropped += 1
+    return dropped
+
+
+ROUTES: dict[str, Callable[[Any], int]] = {
+    CLOCK_ROUTE: _set_last_modified, "/_retentiond/put-objects": _put_objects,
+    "/_retentiond/drop-buckets": _drop_buckets}
 
 
 def with_test_clock(app: Wsgi) -> Wsgi:
