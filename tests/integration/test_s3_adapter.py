@@ -420,6 +420,34 @@ def test_config_validate_refuses_a_missing_bucket_and_anonymize(ws: Any,
     assert "Traceback" not in result.err
 
 
+def test_config_validate_names_every_rule_problem(ws: Any, plain: Bucket) -> None:
+    rules = [
+        {**RULE, "action": "isolate", "isolate": {"for": "30d", "bucket": "no-quarantine"}},
+        {"id": "peek", "store": "media", "prefix": ".retentiond-isolated/old-uploads/",
+         "dispose_after": "1d"},
+        {"id": "columns", "store": "media", "prefix": "x/", "key": "id", "subject": "user_id",
+         "clock": "created_at", "match": {"status": "closed"}, "dispose_after": "1d"},
+        {"id": "two-subjects", "store": "media", "path": "{subject}/*", "subject_tag": "user"},
+    ]
+    setup_policy(ws, plain, rules)
+    result = ws.invoke("config", "validate")
+    assert result.code == 2, result.err
+    assert error_lines(result.err) == [
+        f"error: rules[0] (old-uploads).isolate.bucket: bucket no-quarantine does not exist "
+        f"at {plain.server.endpoint}",
+        "error: rules[1] (peek).prefix: .retentiond-isolated/ holds isolated objects; no rule "
+        "may read it",
+        "error: rules[2] (columns).clock: the s3 adapter's clock is last_modified (the "
+        "default) or a {clock:FORMAT} field in path",
+        "error: rules[2] (columns).key: the s3 adapter's key is the object key; remove key",
+        "error: rules[2] (columns).match: the s3 adapter cannot filter on columns; narrow the "
+        "rule with prefix and path",
+        "error: rules[2] (columns).subject: the s3 adapter reads the subject from a {subject} "
+        "field in path or from an object tag (subject_tag), not from a column",
+        "error: rules[3] (two-subjects).subject_tag: the path's {subject} field already names "
+        "the subject; use one of them"]
+
+
 def test_an_unreachable_endpoint_is_exit_3(ws: Any) -> None:
     store = {"adapter": "s3", "bucket": "media", "endpoint_url": "http://127.0.0.1:1",
              "region": "us-east-1", "access_key_id": "k",

@@ -231,7 +231,8 @@ CASES: list[tuple[str, Callable[[dict[str, Any]], dict[str, Any]], list[str]]] =
         "adapter": "sql", "url": "sqlite:///a.db"}}, rules=[]),
      ["stores.my app: 'my app' is not a valid store name: use letters, digits, '_' and '-'"]),
     ("unknown adapter", lambda b: with_(b, stores={"app": {"adapter": "mongo"}}),
-     ["stores.app.adapter: unknown adapter 'mongo'; use one of the installed adapters (files, s3, sql)"]),
+     ["stores.app.adapter: unknown adapter 'mongo'; use one of the installed adapters "
+      "(files, s3, sql)"]),
     ("bad action", lambda b: with_rule(b, action="shred"),
      [f"{R0}.action: 'shred' is not allowed; use \"delete\", \"anonymize\" or \"isolate\""]),
     ("bad version", lambda b: with_(b, version=2), ["version: 2 is not allowed; use 1"]),
