@@ -247,6 +247,8 @@ def test_objects_under_object_lock_are_blocked_never_attempted(ws: Any, locked: 
     explained = explain.json()
     assert (explained["decision"], explained["blocked_by"]) == (
         "blocked", [{"constraint": "object-lock", "table": locked.name}])
+    text = ws.invoke("explain", "--rule", "old-uploads", "--key", kept)
+    assert f"  blocked by: Object Lock in bucket {locked.name}\n" in text.out
 
     run = ok(ws.invoke("run", "--json"))
     [rule] = run["rules"]
