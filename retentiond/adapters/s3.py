@@ -148,7 +148,8 @@ class S3Adapter(S3Disposal, S3Isolation, Adapter):
             except StoreUnreachable:
                 raise
             except StoreError as exc:
-                self._problem = f"bucket {bucket} cannot be read: {exc}"
+                why = str(exc).removeprefix(f"store {self.store_name}: ")
+                self._problem = f"bucket {bucket} cannot be read: {why}"
         self._connected = True
 
     def close(self) -> None:
@@ -213,7 +214,8 @@ class S3Adapter(S3Disposal, S3Isolation, Adapter):
         except StoreUnreachable:
             raise
         except StoreError as exc:
-            problems.append(("prefix", f"cannot list bucket {layout.bucket}: {exc}"))
+            why = str(exc).removeprefix(f"store {self.store_name}: ")
+            problems.append(("prefix", f"cannot list bucket {layout.bucket}: {why}"))
         if "isolate" in (rule.action, rule.on_erasure):
             target, _ = isolation(self.store, rule)
             if target != layout.bucket and not self.s3.bucket_exists(target):
@@ -240,10 +242,6 @@ class S3Adapter(S3Disposal, S3Isolation, Adapter):
         return found
 
     # -- reading ------------------------------------------------------------------------------
-    def has_subject(self, rule: Rule) -> bool:
-        pattern = self.layout(rule).pattern
-        return bool(rule.subject_tag or (pattern is not None and pattern.has_subject))
-
     def _subjects(self, layout: Layout, items: Sequence[tuple[Current, Named]]
                   ) -> list[str | None]:
         if layout.subject_tag is None:
