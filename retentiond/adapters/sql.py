@@ -82,6 +82,15 @@ class SqlAdapter(SqlChecks, SqlActions, SqlRefs, Adapter):
             problems.append(("table", "required for the sql adapter"))
         if rule.path:
             problems.append(("path", "the sql adapter uses table, not path"))
+        # Keys of object stores: a subject_tag would give the rule a subject the sql adapter
+        # cannot read, and an erasure request would then select every row.
+        if rule.prefix:
+            problems.append(("prefix", "the sql adapter uses table, not prefix"))
+        if rule.subject_tag:
+            problems.append(("subject_tag", "subject_tag is for s3 objects; name the subject "
+                             "column with subject"))
+        if rule.versions != "all":
+            problems.append(("versions", "versions is for s3 objects; remove it"))
         if not rule.key:
             problems.append(("key", "required for the sql adapter (the primary key column)"))
         if rule.dispose_after is not None and not rule.clock:

@@ -233,6 +233,11 @@ CASES: list[tuple[str, Callable[[dict[str, Any]], dict[str, Any]], list[str]]] =
     ("unknown adapter", lambda b: with_(b, stores={"app": {"adapter": "mongo"}}),
      ["stores.app.adapter: unknown adapter 'mongo'; use one of the installed adapters "
       "(files, s3, sql)"]),
+    ("s3 keys on a sql rule", lambda b: with_rule(b, subject_tag="user-id", prefix="users/",
+                                                   versions="current"),
+     [f"{R0}.prefix: the sql adapter uses table, not prefix",
+      f"{R0}.subject_tag: subject_tag is for s3 objects; name the subject column with subject",
+      f"{R0}.versions: versions is for s3 objects; remove it"]),
     ("bad action", lambda b: with_rule(b, action="shred"),
      [f"{R0}.action: 'shred' is not allowed; use \"delete\", \"anonymize\" or \"isolate\""]),
     ("bad version", lambda b: with_(b, version=2), ["version: 2 is not allowed; use 1"]),
