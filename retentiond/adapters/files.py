@@ -35,7 +35,7 @@ import os
 import stat
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from retentiond.adapters.base import Adapter, Candidate, Selection
@@ -58,7 +58,6 @@ if TYPE_CHECKING:
     from retentiond.policy.model import Policy, Rule, Store
 
 log = get_logger(__name__)
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 Found = tuple[str, PathMatch, os.stat_result | None]  # (key, match, lstat or None)
 
 
@@ -68,7 +67,7 @@ def parts_of(key: Any) -> list[str] | None:
     if not isinstance(key, str) or not key or "\0" in key:
         return None
     parts = key.split("/")
-    if any(p in ("", ".", "..") for p in parts):
+    if "" in parts or "." in parts or ".." in parts:
         return None
     return parts
 
@@ -170,13 +169,33 @@ class FilesAdapter(FilesChecks, FilesIsolation, Adapter):
 
     def seen(self, pattern: PathPattern, m: PathMatch, st: os.stat_result | None) -> Seen:
         """A file as a rule with ``pattern`` sees it (clocks in the policy's zone)."""
+        return self.reader(pattern)(m, st)
+
+    def reader(self, pattern: PathPattern) -> Callable[[PathMatch, os.stat_result | None], Seen]:
+        """How a rule with ``pattern`` reads a file: the clock from the name (naive, in the
+        policy's zone), or the mtime (to the microsecond) in the policy's zone."""
         tz = self.policy.tz
         if pattern.clock_format is not None:
-            return Seen(m.subject, None if m.clock is None else m.clock.replace(tzinfo=tz),
-                        m.bad_clock)
-        assert st is not None
-        return Seen(m.subject, (EPOCH + timedelta(microseconds=st.st_mtime_ns // 1000))
-                    .astimezone(tz))
+            def named(m: PathMatch, st: os.stat_result | None) -> Seen:
+                return Seen(m.subject, None if m.clock is None else m.clock.replace(tzinfo=tz),
+                            m.bad_clock)
+            return named
+
+        def modified(m: PathMatch, st: os.stat_result | None) -> Seen:
+            assert st is not None
+            return Seen(m.subject, datetime.fromtimestamp(st.st_mtime_ns // 1000 / 1e6, tz))
+        return modified
+
+    def judge(self, selection: Selection
+              ) -> Callable[[str, PathMatch, os.stat_result | None], bool]:
+        """Whether the selection covers a file (its key, match and lstat). The rules of one
+        target share their pattern, so a file is read once for all of them."""
+        covers = Covers(selection)
+        rule = selection.rule
+        if all(r.path == rule.path for r in covers.rules):
+            read = self.reader(compiled(str(rule.path)))
+            return lambda key, m, st: covers.same(read(m, st))
+        return lambda key, m, st: covers(self.view(key, m, st, rule))
 
     def view(self, key: str, m: PathMatch, st: os.stat_result | None, rule: Rule
              ) -> Callable[[Rule], Seen | None]:
@@ -198,10 +217,10 @@ class FilesAdapter(FilesChecks, FilesIsolation, Adapter):
     def count(self, selection: Selection) -> int:
         if selection.everything_excluded:
             return 0
-        covers = Covers(selection)
-        rule = selection.rule
-        return sum(1 for key, m, st in self.found(rule, with_stat=_mtime_in(selection))
-                   if covers(self.view(key, m, st, rule)))
+        judge = self.judge(selection)
+        return sum(1 for key, m, st in self.found(selection.rule,
+                                                  with_stat=_mtime_in(selection))
+                   if judge(key, m, st))
 
     def _bad_clocks(self, rule: Rule) -> int:
         pattern = compiled(str(rule.path))
@@ -224,13 +243,12 @@ class FilesAdapter(FilesChecks, FilesIsolation, Adapter):
     def scan(self, selection: Selection, batch_size: int) -> Iterator[list[Candidate]]:
         if selection.everything_excluded:
             return
-        covers = Covers(selection)
-        rule = selection.rule
+        judge = self.judge(selection)
         batch: list[Candidate] = []
         scanned: dict[str, tuple[int, int]] = {}
-        for key, m, st in self.found(rule, with_stat=True):
+        for key, m, st in self.found(selection.rule, with_stat=True):
             assert st is not None
-            if covers(self.view(key, m, st, rule)):
+            if judge(key, m, st):
                 batch.append(Candidate(key, m.subject))
                 scanned[key] = (st.st_ino, st.st_mtime_ns)
                 if len(batch) >= batch_size:
@@ -306,7 +324,7 @@ class FilesAdapter(FilesChecks, FilesIsolation, Adapter):
         if not keys or selection.everything_excluded:
             return []
         rule = selection.rule
-        covers = Covers(selection)
+        judge = self.judge(selection)
         pattern = compiled(str(rule.path))
         tree = self.tree()
         scanned = self._scanned
@@ -329,7 +347,7 @@ class FilesAdapter(FilesChecks, FilesIsolation, Adapter):
                     if scanned.get(key, (st.st_ino, st.st_mtime_ns)) != (st.st_ino,
                                                                          st.st_mtime_ns):
                         continue  # changed since the scan: the next sweep looks again
-                    if not covers(self.view(key, m, st, rule)) or not act(fd, parts[-1], key):
+                    if not judge(key, m, st) or not act(fd, parts[-1], key):
                         continue
                 except FileNotFoundError:
                     continue
@@ -337,8 +355,9 @@ class FilesAdapter(FilesChecks, FilesIsolation, Adapter):
                     failed[reason(exc)] += 1
                     continue
                 disposed.append(key)
-                emptied.add(tuple(parts[:-1]))
-            if rule.prune_empty_dirs:
+                if rule.prune_empty_dirs:
+                    emptied.add(tuple(parts[:-1]))
+            if emptied:
                 self._prune(dirs, emptied, pattern)
         if failed:
             log.warning("records failed", store=self.store_name, rule=rule.id, doing=doing,

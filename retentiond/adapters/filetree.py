@@ -96,10 +96,12 @@ class Tree:
     skip: frozenset[str] = frozenset()
     skipped: Skipped = field(default_factory=Skipped)
 
+    def __post_init__(self) -> None:
+        self._below_skip = tuple(f"{s}/" for s in self.skip)
+
     def skipped_dir(self, rel: str) -> bool:
         """Whether ``rel`` (a relative path) is in or below a skipped directory."""
-        parts = rel.split("/")
-        return any("/".join(parts[:i]) in self.skip for i in range(1, len(parts) + 1))
+        return rel in self.skip or rel.startswith(self._below_skip)
 
     def walk(self, start: str = "", enter: Callable[[str], bool] = lambda rel: True
              ) -> Iterator[tuple[str, str, int]]:

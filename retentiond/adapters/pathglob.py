@@ -76,6 +76,7 @@ class PathPattern:
             None if _is_globstar(seg) else re.compile(_segment_regex(seg))
             for seg in segments]
         self._regex = re.compile(_path_regex(segments))
+        self._memo: dict[str, frozenset[int]] = {}
 
     def __repr__(self) -> str:
         return f"PathPattern({self.pattern!r})"
@@ -97,13 +98,24 @@ class PathPattern:
     def could_contain(self, rel_dir: str) -> bool:
         """Whether a file below the directory ``rel_dir`` (relative, ``""`` for the root, with
         or without a trailing ``/``) could match: False lets a walk skip the directory."""
-        names = [n for n in rel_dir.split("/") if n]
-        states = self._closure({0})
-        for name in names:
-            states = self._closure({nxt for i in states for nxt in self._step(i, name)})
-            if not states:
-                return False
-        return True
+        return bool(self._states(rel_dir.strip("/")))
+
+    def _states(self, rel_dir: str) -> frozenset[int]:
+        """The segments a path could be at after the directories ``rel_dir`` (memoised: a walk
+        asks for a directory right after its parent)."""
+        known = self._memo.get(rel_dir)
+        if known is not None:
+            return known
+        if not rel_dir:
+            states = frozenset(self._closure({0}))
+        else:
+            parent, _, name = rel_dir.rpartition("/")
+            states = frozenset(self._closure({nxt for i in self._states(parent)
+                                              for nxt in self._step(i, name)}))
+        if len(self._memo) >= 4096:
+            self._memo.clear()
+        self._memo[rel_dir] = states
+        return states
 
     def _step(self, i: int, name: str) -> tuple[int, ...]:
         """The states after a directory named ``name`` from state ``i``."""

@@ -52,7 +52,7 @@ class Covers:
     """A selection compiled once, asked per record: ``Covers(sel)(view)``."""
 
     __slots__ = ("after", "cutoff", "exclude", "excluded", "lo_hi", "null_clock", "rule",
-                 "subjects", "unconditional")
+                 "rules", "subjects", "unconditional")
 
     def __init__(self, sel: Selection) -> None:
         if sel.filters:
@@ -69,21 +69,32 @@ class Covers:
         self.lo_hi = (None if sel.clock_within is None else
                       (sel.clock_within[0].astimezone(tz), sel.clock_within[1].astimezone(tz)))
         self.exclude = tuple(Covers(o) for o in sel.exclude)
+        #: Every rule the selection involves (its own and those of what it excludes).
+        self.rules: tuple[Rule, ...] = (self.rule, *(r for o in self.exclude for r in o.rules))
 
     def __call__(self, view: View) -> bool:
         seen = view(self.rule)
         if seen is None:
             return False
+        if not self._own(seen):
+            return False
+        return self.unconditional or not any(other(view) for other in self.exclude)
+
+    def same(self, seen: Seen) -> bool:
+        """:meth:`__call__` for a record every rule of :attr:`rules` sees as ``seen`` (the
+        rules of one target share how they read a record)."""
+        if not self._own(seen):
+            return False
+        return self.unconditional or not any(other.same(seen) for other in self.exclude)
+
+    def _own(self, seen: Seen) -> bool:
+        """The selection's own conditions, without what it excludes."""
         subject = seen.subject
         if self.subjects is not None and (subject is None or subject not in self.subjects):
             return False
         if subject is not None and subject in self.excluded:
             return False
-        if self.unconditional:
-            return True
-        if not self._clock(seen):
-            return False
-        return not any(other(view) for other in self.exclude)
+        return self.unconditional or self._clock(seen)
 
     def _clock(self, seen: Seen) -> bool:
         clock, bad = seen.clock, seen.bad_clock
