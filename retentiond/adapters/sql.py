@@ -69,6 +69,7 @@ class SqlAdapter(SqlChecks, SqlActions, SqlRefs, Adapter):
         self._iso_tables: dict[str, sa.Table] = {}
         self._refs: dict[str, list[Reference]] = {}
         self._folds: bool | None = None
+        self._default: str | None = None
         self._cascaded: dict[tuple[str, str, str], int] = {}
 
     # -- static checks ------------------------------------------------------------------------
@@ -123,6 +124,11 @@ class SqlAdapter(SqlChecks, SqlActions, SqlRefs, Adapter):
             raise StoreUnreachable(f"store {self.store_name}: SQLite database {path} does not "
                                    "exist; check the store's url")
         engine = make_engine(url, store=True)
+        if engine.dialect.name == "postgresql":
+            # JIT compiling the nested subplans of a foreign-key chain's EXISTS costs seconds
+            # per statement where running them costs milliseconds; retentiond's statements are
+            # small and many.
+            sa.event.listen(engine, "connect", _no_jit)
         try:
             with engine.connect() as conn:
                 conn.execute(sa.text("select 1"))
@@ -139,6 +145,8 @@ class SqlAdapter(SqlChecks, SqlActions, SqlRefs, Adapter):
         self._tables.clear()
         self._iso_tables.clear()
         self._refs.clear()
+        self._default = None
+        self._folds = None
 
     @contextmanager
     def _errors(self, doing: str) -> Iterator[None]:
@@ -509,6 +517,18 @@ class SqlAdapter(SqlChecks, SqlActions, SqlRefs, Adapter):
                 intent(disposed)
         log.warning("records failed", failed=sum(failed.values()), disposed=len(disposed))
         return NextBatch(disposed, picked[-1] if picked else None, failed)
+
+
+def _no_jit(dbapi_conn: Any, _: Any) -> None:
+    cur = dbapi_conn.cursor()
+    try:
+        cur.execute("SET jit = off")
+    except Exception:  # a server without JIT (before 11) has no such setting
+        dbapi_conn.rollback()
+    else:
+        dbapi_conn.commit()
+    finally:
+        cur.close()
 
 
 _QUOTED = re.compile(r"""("[^"]*"|'[^']*'|`[^`]*`)""")

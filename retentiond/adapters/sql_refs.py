@@ -56,8 +56,12 @@ if TYPE_CHECKING:
 # ON DELETE as reflected (None: the default, NO ACTION) -> what a disposal meets.
 _ON_DELETE = {"CASCADE": "delete", "SET NULL": "set_null"}
 REMOVES = ("delete", "isolate")
-# How many CASCADE keys deep a chain is followed for protected rows.
+# How many CASCADE keys deep a chain is followed (SQLite: fewer, its parser's nesting limit),
+# and how many keys one disposal's chains visit in all (a lattice of keys is bounded); past
+# either, a row that would be deleted blocks its record (blocking) or is not counted (counts).
 MAX_CASCADE_DEPTH = 8
+SQLITE_CASCADE_DEPTH = 3
+MAX_CHAIN_KEYS = 48
 
 # Every foreign key of any schema that refers to the table :s.:n (:s None: as the connection
 # resolves the bare name), a row per column pair in key order: constraint, the referencing
@@ -124,6 +128,7 @@ class SqlRefs:
     if TYPE_CHECKING:
         _refs: dict[str, list[Reference]]
         _folds: bool | None
+        _default: str | None
         policy: Policy
         store_name: str
         _cascaded: dict[tuple[str, str, str], int]
@@ -151,7 +156,30 @@ class SqlRefs:
             return self._reflect_catalog(table, _PG_REFS)
         if dialect in ("mysql", "mariadb"):
             return self._reflect_catalog(table, _MY_REFS)
-        return self._reflect_same_schema(table)
+        if dialect == "sqlite":
+            return self._reflect_same_schema(table)
+        return self._reflect_inspected(table)
+
+    def _reflect_inspected(self, table: sa.TableClause) -> list[Reference]:
+        """Any other dialect: SQLAlchemy's reflection of the table's schema."""
+        insp = sa.inspect(self.engine)
+        schema = table.schema
+        out: list[Reference] = []
+        every = insp.get_multi_foreign_keys(schema=schema)
+        for (_, other), fks in sorted(every.items(), key=lambda kv: kv[0][1]):
+            for fk in fks:
+                if (str(fk["referred_table"]) != table.name
+                        or (fk.get("referred_schema") or schema) != schema):
+                    continue
+                cols = tuple(fk["constrained_columns"])
+                ondelete = str((fk.get("options") or {}).get("ondelete") or "").upper()
+                lite = sa.table(other, *(sa.column(c) for c in cols), schema=schema)
+                out.append(Reference(
+                    fk.get("name") or f"{other}({', '.join(cols)})",
+                    other if schema is None else f"{schema}.{other}",
+                    lite.alias(f"rtd_ref{len(out)}"), cols, tuple(fk["referred_columns"]),
+                    _ON_DELETE.get(ondelete, "block")))
+        return out
 
     def _reflect_catalog(self, table: sa.TableClause, query: str) -> list[Reference]:
         """Every foreign key, in any schema of the store, that refers to ``table``: one
@@ -181,23 +209,42 @@ class SqlRefs:
         return out
 
     def _reflect_same_schema(self, table: sa.TableClause) -> list[Reference]:
-        insp = sa.inspect(self.engine)
+        """SQLite: every key of the table's database that refers to it, from ``PRAGMA
+        foreign_key_list`` (SQLAlchemy's reflection loses ``ON DELETE`` of a column-level
+        ``REFERENCES ... ON DELETE CASCADE``, the usual SQLite style); names from the
+        reflected constraints where they have one, else ``table(columns)``."""
         schema = table.schema
+        db = f'"{_ident(schema)}".' if schema else ""
+        insp = sa.inspect(self.engine)
         out: list[Reference] = []
-        every = insp.get_multi_foreign_keys(schema=schema)  # one catalog query where it can
-        for (_, other), fks in sorted(every.items(), key=lambda kv: kv[0][1]):
-            for fk in fks:
-                if (str(fk["referred_table"]).casefold() != table.name.casefold()
-                        or (fk.get("referred_schema") or schema) != schema):
-                    continue
-                cols = tuple(fk["constrained_columns"])
-                ondelete = str((fk.get("options") or {}).get("ondelete") or "").upper()
-                lite = sa.table(other, *(sa.column(c) for c in cols), schema=schema)
-                out.append(Reference(
-                    fk.get("name") or f"{other}({', '.join(cols)})",
-                    other if schema is None else f"{schema}.{other}",
-                    lite.alias(f"rtd_ref{len(out)}"), cols, tuple(fk["referred_columns"]),
-                    _ON_DELETE.get(ondelete, "block")))
+        with self.engine.connect() as conn:
+            names = sorted(conn.exec_driver_sql(
+                f"select name from {db}sqlite_master where type = 'table'").scalars())
+            for other in names:
+                rows = conn.exec_driver_sql(
+                    f'PRAGMA {db}foreign_key_list("{_ident(other)}")').all()
+                keys: dict[int, list[Any]] = {}
+                for row in rows:
+                    keys.setdefault(int(row[0]), []).append(row)
+                named = None
+                for _, parts in sorted(keys.items()):
+                    parts.sort(key=lambda r: int(r[1]))
+                    if str(parts[0][2]).casefold() != table.name.casefold():
+                        continue
+                    cols = tuple(str(r[3]) for r in parts)
+                    referred = tuple(str(r[4]) for r in parts if r[4] is not None)
+                    if len(referred) != len(cols):  # REFERENCES t: its primary key
+                        referred = tuple(insp.get_pk_constraint(
+                            table.name, schema)["constrained_columns"])
+                    if named is None:
+                        named = {tuple(fk["constrained_columns"]): fk.get("name")
+                                 for fk in insp.get_foreign_keys(other, schema)}
+                    lite = sa.table(other, *(sa.column(c) for c in cols), schema=schema)
+                    out.append(Reference(
+                        named.get(cols) or f"{other}({', '.join(cols)})",
+                        other if schema is None else f"{schema}.{other}",
+                        lite.alias(f"rtd_ref{len(out)}"), cols, referred,
+                        _ON_DELETE.get(str(parts[0][6]).upper(), "block")))
         return out
 
     def blocking(self, sel: Selection, table: sa.Table) -> list[sa.ColumnElement[bool]]:
@@ -213,20 +260,23 @@ class SqlRefs:
         row blocks), and CASCADE / SET NULL keys through which the disposal would delete or
         rewrite a row the selection's guards protect, at the key's own table or further down a
         chain of CASCADE keys; a RESTRICT / NO ACTION key that refers to a row such a chain
-        would delete blocks too, named by itself (see :meth:`_below`). A key reached by two
-        chains is listed once."""
+        would delete blocks too, named by itself, and so does a CASCADE key back into a table
+        already on the chain (see :meth:`_below`). A key reached by two chains is listed
+        once."""
         found: dict[tuple[str, str], tuple[Reference, list[sa.ColumnElement[bool]]]] = {}
+        budget = [MAX_CHAIN_KEYS]
         for r in self.references(table):
             if r.effect == "block":
                 found.setdefault((r.constraint, r.table), (r, []))[1].append(r.refers(table))
                 continue
-            for namer, exists in self._below(sel, table, r, frozenset({_key(table)}), depth=1):
+            for namer, exists in self._below(sel, table, r, frozenset({self._at(table)}),
+                                             depth=1, budget=budget):
                 by = namer or r
                 found.setdefault((by.constraint, by.table), (by, []))[1].append(exists)
         return [(r, _any(conds)) for r, conds in found.values()]
 
     def _below(self, sel: Selection, parent: sa.FromClause, r: Reference,
-               visited: frozenset[tuple[str | None, str]], *, depth: int
+               visited: frozenset[tuple[str, str]], *, depth: int, budget: list[int]
                ) -> list[tuple[Reference | None, sa.Exists]]:
         """What blocks a row of ``parent`` through the CASCADE / SET NULL key ``r``: ``EXISTS``
         a row of ``r``'s referencing table, joined by ``r`` to it, that its table's guard
@@ -236,24 +286,28 @@ class SqlRefs:
         that refers to that table. SET NULL ends a chain (the rewritten row survives, so only
         its own protection counts).
 
-        Tables already on the chain (``visited``, the disposing table first) are not entered
-        again: a table referring to itself, or a cycle of CASCADE keys, adds no blocking beyond
-        what the chain has built so far. The chain stops after :data:`MAX_CASCADE_DEPTH`
-        keys."""
-        guard = _guard_of(r, sel.guards)
+        Where the chain cannot be followed, a row that ``r`` would delete blocks, named by
+        ``r`` (keeping errs on the safe side): a CASCADE key back into a table already on the
+        chain (``visited``; a table referring to itself, a cycle of keys: the rows it deletes
+        are not checked for what protects them), and a table with keys of its own below the
+        last key followed (:data:`MAX_CASCADE_DEPTH` keys deep, or :data:`MAX_CHAIN_KEYS`
+        keys in all: ``budget``)."""
+        lite = r.source.element
+        at = self._at(lite)
+        if at in visited:
+            return [(r, self._any_row(r, parent))] if r.effect == "delete" else []
+        guard = self._guard_of(r, sel.guards)
         real = (self.table(guard.selections[0].rule)
                 if guard is not None and guard.selections else None)
-        source: sa.TableClause = real if real is not None else r.source.element
-        at = _key(source)
-        if at in visited:
-            return []
-        below = (self.references(source)
-                 if r.effect == "delete" and depth < MAX_CASCADE_DEPTH else [])
+        below = self.references(lite) if r.effect == "delete" else []
+        budget[0] -= 1
+        if below and (depth >= self._max_depth() or budget[0] < 0):
+            return [(r, self._any_row(r, parent))]
         row: sa.FromClause
         if real is not None:
             row = real
         elif below:
-            row = _lite(source, [*r.columns, *(c for x in below for c in x.referred)])
+            row = _lite(lite, [*r.columns, *(c for x in below for c in x.referred)])
         else:
             return []
         found: dict[Reference | None, list[sa.ColumnElement[bool]]] = {}
@@ -266,12 +320,51 @@ class SqlRefs:
                     sa.exists(sa.select(sa.literal(1)).select_from(other)
                               .where(*x.pairs(other, row))))
                 continue
-            for namer, deeper in self._below(sel, row, x, visited | {at}, depth=depth + 1):
+            for namer, deeper in self._below(sel, row, x, visited | {at}, depth=depth + 1,
+                                             budget=budget):
                 found.setdefault(namer, []).append(deeper)
         joins = r.pairs(row, parent)
         return [(namer, sa.exists(sa.select(sa.literal(1)).select_from(row)
                                   .where(*joins, _any(conds))))
                 for namer, conds in found.items()]
+
+    @staticmethod
+    def _any_row(r: Reference, parent: sa.FromClause) -> sa.Exists:
+        """``EXISTS`` a row of ``r``'s referencing table that refers to the row of
+        ``parent``."""
+        other = _lite(r.source.element, r.columns)
+        return sa.exists(sa.select(sa.literal(1)).select_from(other)
+                         .where(*r.pairs(other, parent)))
+
+    def _max_depth(self) -> int:
+        """How many keys deep a chain is followed: SQLite's parser gives up on the nesting
+        of a longer chain inside the disposing statement and its cascade count."""
+        return SQLITE_CASCADE_DEPTH if self.engine.dialect.name == "sqlite" else (
+            MAX_CASCADE_DEPTH)
+
+    def _at(self, table: sa.FromClause) -> tuple[str, str]:
+        """A table as (schema, name), a bare name in the store's default schema, both folded
+        where the server compares names without case."""
+        t = table.element if isinstance(table, sa.Alias) else table
+        assert isinstance(t, sa.TableClause)
+        return self._norm(t.schema, t.name)
+
+    def _norm(self, schema: str | None, name: str) -> tuple[str, str]:
+        if self._default is None:
+            self._default = self.default_schema() or ""
+        at = (schema or self._default, name)
+        return (at[0].casefold(), at[1].casefold()) if self.folds_names() else at
+
+    def _guard_of(self, ref: Reference, guards: tuple[Guard, ...]) -> Guard | None:
+        """The guard of the referencing table: the same table, a bare name being in the
+        store's default schema (``other.payments`` is not the guard of ``payments``)."""
+        schema, _, bare = ref.table.rpartition(".")
+        want = self._norm(schema or None, bare)
+        for g in guards:
+            gs, _, gb = g.table.rpartition(".")
+            if self._norm(gs or None, gb) == want:
+                return g
+        return None
 
     def blocked(self, selection: Selection) -> tuple[int, list[dict[str, Any]]]:
         """Records the blocking keys leave out of the selection (the selection without them,
@@ -328,8 +421,7 @@ class SqlRefs:
             hit = []
             for parent in parents:
                 up, deleted = parent()
-                hit.append(sa.exists(sa.select(sa.literal(1)).select_from(up)
-                                     .where(*r.pairs(row, up), deleted)))
+                hit.append(_among(row, r, up, deleted))
             q = sa.select(sa.func.count()).select_from(row).where(_any(hit))
             with self._errors(f"counting {r.table}"):
                 n = int(conn.execute(q).scalar_one())
@@ -342,25 +434,33 @@ class SqlRefs:
                  ) -> list[tuple[Reference, list[_Rows]]]:
         """Every CASCADE / SET NULL key a disposal of the records ``where`` selects reaches:
         the keys that refer to ``table`` and, below a CASCADE key, the keys that refer to the
-        rows it deletes, up to :data:`MAX_CASCADE_DEPTH` keys deep and never into a table
-        already on the chain. Per key, the rows it refers to that are deleted, once per chain
-        that reaches it (built afresh per use: every alias is new)."""
+        rows it deletes, up to :data:`MAX_CASCADE_DEPTH` keys deep, never into a table already
+        on the chain, :data:`MAX_CHAIN_KEYS` steps in all. Per key, the rows it refers to that
+        are deleted, once per chain that reaches it (built afresh per use: every alias is
+        new). The disposed records are one common table expression, written once per
+        statement however many chains start from them."""
         found: dict[tuple[str, str], tuple[Reference, list[_Rows]]] = {}
+        first = self.references(table)
+        cols = dict.fromkeys(c for r in first if r.effect != "block" for c in r.referred)
+        gone = sa.select(*(table.c[c] for c in cols)).where(where).cte("rtd_gone")
+        steps = [MAX_CHAIN_KEYS]
 
         def walk(source: sa.TableClause, rows: _Rows,
-                 visited: frozenset[tuple[str | None, str]], depth: int) -> None:
-            for r in self.references(source):
+                 visited: frozenset[tuple[str, str]], depth: int) -> None:
+            for r in self.references(source) if source is not table else first:
                 if r.effect == "block":
                     continue
+                steps[0] -= 1
                 found.setdefault((r.constraint, r.table), (r, []))[1].append(rows)
                 child = r.source.element
-                if (r.effect == "delete" and depth < MAX_CASCADE_DEPTH
-                        and _key(child) not in visited and len(found) < _MAX_KEYS):
+                if (r.effect == "delete" and depth < self._max_depth() and steps[0] > 0
+                        and self._at(child) not in visited):
                     below = [c for x in self.references(child) for c in x.referred]
-                    walk(child, _deleted_through(r, rows, below), visited | {_key(child)},
+                    walk(child, _deleted_through(r, rows, below), visited | {self._at(child)},
                          depth + 1)
 
-        walk(table, lambda: (table, where), frozenset({_key(table)}), 1)
+        if cols:
+            walk(table, lambda: (gone, sa.true()), frozenset({self._at(table)}), 1)
         return list(found.values())
 
     @contextmanager
@@ -438,52 +538,32 @@ class SqlRefs:
 
 
 
-def _key(table: sa.FromClause) -> tuple[str | None, str]:
-    t = table.element if isinstance(table, sa.Alias) else table
-    assert isinstance(t, sa.TableClause)
-    return t.schema, t.name
-
-
-def _guard_of(ref: Reference, guards: tuple[Guard, ...]) -> Guard | None:
-    """The guard of the referencing table: the same name, or the same bare name when one of
-    the two has no schema (matching too much only blocks more)."""
-    for g in guards:
-        if g.table == ref.table:
-            return g
-    bare = ref.table.rpartition(".")[2]
-    for g in guards:
-        if g.table.rpartition(".")[2] == bare and ("." not in g.table
-                                                   or "." not in ref.table):
-            return g
-    # Names that differ only in case: a server that folds names (MariaDB/MySQL
-    # lower_case_table_names) reports ``payments`` for the rule's ``Payments``.
-    folded = bare.casefold()
-    for g in guards:
-        if g.table.rpartition(".")[2].casefold() == folded and ("." not in g.table
-                                                                  or "." not in ref.table
-                                                                  or g.table.casefold()
-                                                                  == ref.table.casefold()):
-            return g
-    return None
-
 
 # The rows of one table that a disposal deletes: a fresh alias of the table and the condition
 # on it (at the disposing table: the table itself and the disposal's own condition).
 _Rows = Callable[[], tuple[sa.FromClause, sa.ColumnElement[bool]]]
-# Keys one cascade walk collects at most: a store with hundreds of chained keys stays bounded.
-_MAX_KEYS = 64
 
 
 def _deleted_through(r: Reference, parent: _Rows, below: list[str]) -> _Rows:
-    """The rows of ``r``'s referencing table that its CASCADE delete removes: those that refer
-    to a deleted row of ``parent``; the alias carries the columns keys further down join on
-    (``below``)."""
+    """The rows of ``r``'s referencing table that its CASCADE delete removes: those whose key
+    columns are among the deleted rows of ``parent`` (an uncorrelated ``IN``, which databases
+    drive from the disposed records through the key's index); the alias carries the columns
+    keys further down join on (``below``)."""
     def rows() -> tuple[sa.FromClause, sa.ColumnElement[bool]]:
         up, deleted = parent()
         row = _lite(r.source.element, [*r.columns, *below])
-        return row, sa.exists(sa.select(sa.literal(1)).select_from(up)
-                              .where(*r.pairs(row, up), deleted))
+        return row, _among(row, r, up, deleted)
     return rows
+
+
+def _among(row: sa.FromClause, r: Reference, up: sa.FromClause,
+           deleted: sa.ColumnElement[bool]) -> sa.ColumnElement[bool]:
+    """``row``'s ``r`` columns are among the referred columns of the rows of ``up`` that
+    ``deleted`` selects."""
+    picked = sa.select(*(up.c[c] for c in r.referred)).where(deleted)
+    if len(r.columns) == 1:
+        return row.c[r.columns[0]].in_(picked)
+    return sa.tuple_(*(row.c[c] for c in r.columns)).in_(picked)
 
 
 def _lite(table: sa.TableClause, columns: Sequence[str]) -> sa.FromClause:
@@ -495,3 +575,8 @@ def _lite(table: sa.TableClause, columns: Sequence[str]) -> sa.FromClause:
 
 def _any(conds: Sequence[sa.ColumnElement[bool]]) -> sa.ColumnElement[bool]:
     return conds[0] if len(conds) == 1 else sa.or_(*conds)
+
+
+def _ident(name: str) -> str:
+    """A name inside double quotes (SQLite PRAGMA arguments cannot be bound)."""
+    return name.replace('"', '""')

@@ -15,7 +15,7 @@ from typing import Any, cast
 
 from sqlalchemy import Table, insert, update
 
-from retentiond import output
+from retentiond import output, planner
 from retentiond.adapters.base import Selection
 from retentiond.app import App
 from retentiond.audit import checkpoint
@@ -24,6 +24,7 @@ from retentiond.errors import UsageError
 from retentiond.executor import Executor, RuleResult
 from retentiond.log import get_logger
 from retentiond.state import lease
+from retentiond.state.cases import open_requests, read_holds
 from retentiond.state.models import Run
 from retentiond.timeutil import parse_instant
 
@@ -96,9 +97,14 @@ def _replay(app: App, executor: Executor, *, rule_id: str, action: str, refs: se
     keys = adapter.present(rule, action, refs, executor.refs.record_fn(rule.store, rule.target))
     result = RuleResult(rule.id, rule.store, rule.target, action)
     now = datetime.now(UTC).astimezone(app.policy.tz)
+    # What other tables' rules protect now (holds, floors, on_erasure: keep): a record whose
+    # disposal would CASCADE into such a row stays, on replay as in a sweep.
+    sit = planner.Situation(now, app.policy.tz, app.policy.rules, read_holds(app.state),
+                            tuple(open_requests(app.state)))
     sel = Selection(rule=rule, action=action, reason="replay", tz=app.policy.tz, now=now,
                     clock_cutoff=None, unconditional=True,
-                    detail={"taken_at": since.isoformat()})
+                    detail={"taken_at": since.isoformat()},
+                    guards=planner.cascade_guards(rule, sit))
     executor.stopped_by_hold = False
     executor.apply(sel, keys, result)
     if executor.stopped_by_hold:

@@ -145,7 +145,8 @@ def _foreign_keys(app: App, doc: dict[str, Any], key: Any, sit: planner.Situatio
     protected or RESTRICT-referenced row); when there are any, the decision is ``blocked``:
     a sweep leaves the record out and counts it blocked, never attempting it."""
     doc["blocked_by"] = []
-    if doc["decision"] != "dispose" or doc["action"] not in ("delete", "isolate"):
+    if doc["decision"] not in ("dispose", "erase") or doc["action"] not in ("delete",
+                                                                           "isolate"):
         return
     winner = app.policy.rule(doc["winner"])
     sel = Selection(winner, doc["action"], "explain", sit.tz, sit.now, None,

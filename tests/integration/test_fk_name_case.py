@@ -14,7 +14,9 @@ from typing import Any
 import sqlalchemy as sa
 
 from retentiond.adapters.base import Guard
-from retentiond.adapters.sql_refs import Reference, _guard_of
+from retentiond.adapters.sql import SqlAdapter
+from retentiond.adapters.sql_refs import Reference
+from retentiond.testing import make_policy
 
 OLD = datetime(2020, 1, 1)
 
@@ -76,12 +78,18 @@ def test_names_that_differ_in_case_still_order_and_guard(tmp_path: Path, ws: Any
     engine.dispose()
 
 
-def test_a_guard_matches_a_name_that_differs_in_case() -> None:
+def test_a_guard_matches_a_name_that_differs_in_case(tmp_path: Path) -> None:
+    seed(tmp_path / "app.db").dispose()
+    policy, _ = make_policy("sql", {"url": f"sqlite:///{tmp_path / 'app.db'}"},
+                            {"table": "payments", "key": "id", "clock": "paid_at"})
+    adapter = SqlAdapter("contract", policy.stores["contract"], policy)
     lite = sa.table("payments", sa.column("rental_id")).alias()
     ref = Reference("payments_rental_fk", "payments", lite, ("rental_id",), ("id",), "delete")
     guard = Guard("Payments", (), (), (), ())
-    assert _guard_of(ref, (guard,)) is guard
-    other = Guard("app.Payments", (), (), (), ())
-    assert _guard_of(ref, (other,)) is other  # one side without a schema
+    assert adapter._guard_of(ref, (guard,)) is guard
+    main = Guard("main.Payments", (), (), (), ())
+    assert adapter._guard_of(ref, (main,)) is main  # a bare name is in the default schema
     schemas = Reference("k", "billing.payments", lite, ("rental_id",), ("id",), "delete")
-    assert _guard_of(schemas, (Guard("ledger.Payments", (), (), (), ()),)) is None
+    assert adapter._guard_of(schemas, (Guard("Payments", (), (), (), ()),)) is None
+    assert adapter._guard_of(schemas, (Guard("ledger.Payments", (), (), (), ()),)) is None
+    adapter.close()

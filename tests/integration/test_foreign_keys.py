@@ -192,6 +192,41 @@ def test_explain_says_a_referenced_record_is_blocked(store: sa.Engine, store_db:
     assert (c1["decision"], c1["blocked_by"]) == ("blocked", [RENT_FK])
 
 
+def rentals_trigger(backend: str) -> list[str]:
+    """A BEFORE DELETE trigger on rentals raising for rental 5 only."""
+    if backend == "sqlite":
+        return ["create trigger rentals_guard before delete on rentals when old.id = 5 "
+                "begin select raise(abort, 'kept'); end"]
+    if backend == "postgresql":
+        return ["create function rentals_guard() returns trigger language plpgsql as $$ "
+                "begin if old.id = 5 then raise exception 'kept'; end if; return old; end $$",
+                "create trigger rentals_guard before delete on rentals for each row "
+                "execute function rentals_guard()"]
+    return ["create trigger rentals_guard before delete on rentals for each row begin "
+            "if old.id = 5 then signal sqlstate '45000' set message_text = 'kept'; end if; end"]
+
+
+def test_a_trigger_fails_its_rows_alone_beside_blocked_ones(store: sa.Engine, store_db: Any,
+                                                            ws: Any) -> None:
+    with store.begin() as c:
+        for sql in rentals_trigger(store_db.backend):
+            c.execute(sa.text(sql))
+    use(ws, store_db.url, CUSTOMERS, RENTALS)
+    run = ws.invoke("run", "--json")
+    assert run.code == 1, run.err  # a failed record
+    got = rules_of(run.json())["old-rentals"]
+    # Old rentals 1, 2, 3, 5, 6: 1 and 3 blocked by payments (never attempted), 5 refused by
+    # the trigger (failed alone), 2 and 6 disposed.
+    assert (got["done"], got["failed"], got["blocked"]) == (2, 1, 2)
+    assert got["blocked_by"] == [{**PAY_FK, "count": 2}]
+    assert ids(store, "rentals") == [1, 3, 4, 5]
+    # The customers rule still ran after it: customer 5 (no rentals) went; customer 4's
+    # rental is the one that failed, so it stays blocked with customers 1, 2 and 3.
+    cust = rules_of(run.json())["closed-customers"]
+    assert (cust["done"], cust["failed"], cust["blocked"]) == (1, 0, 4)
+    assert ids(store, "customers") == [1, 2, 3, 4, 6]
+
+
 def test_a_rule_on_payments_runs_first_and_unblocks(store: sa.Engine, store_db: Any,
                                                     ws: Any) -> None:
     use(ws, store_db.url, CUSTOMERS, RENTALS, PAYMENTS)
