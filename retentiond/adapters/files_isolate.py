@@ -79,30 +79,35 @@ class FilesIsolation:
         """An fd for ``<isolation dir>/<rule id>``; None when it does not exist (and not
         ``create``)."""
         base = isolation_base(self.root, rule)
-        if inside(base, self.root):
-            names = [n for n in os.path.relpath(base, self.root).split("/") if n != "."]
-            top = open_dir(self.root_fd, names, create=create)
-        else:
-            if create:
-                os.makedirs(base, mode=0o700, exist_ok=True)
-            try:
-                top = os.open(base, OPEN_DIR)
-            except FileNotFoundError:
-                top = None
-        if top is None:
-            if create:
-                raise StoreError(f"store {self.store_name}: the isolation directory of rule "
-                                 f"{rule.id} cannot be created (a symlink or a file is in "
-                                 "the way)")
-            return None
         try:
-            return open_dir(top, [rule.id], create=create)
-        finally:
-            os.close(top)
+            if inside(base, self.root):
+                names = [n for n in os.path.relpath(base, self.root).split("/") if n != "."]
+                top = open_dir(self.root_fd, names, create=create)
+            else:
+                if create:
+                    os.makedirs(base, mode=0o700, exist_ok=True)
+                try:
+                    top = os.open(base, OPEN_DIR)
+                except FileNotFoundError:
+                    top = None
+            if top is None:
+                if create:
+                    raise StoreError(f"store {self.store_name}: the isolation directory of "
+                                     f"rule {rule.id} cannot be created (a symlink or a file "
+                                     "is in the way)")
+                return None
+            try:
+                return open_dir(top, [rule.id], create=create)
+            finally:
+                os.close(top)
+        except OSError as exc:
+            raise StoreError(f"store {self.store_name}: {reason(exc)} while opening the "
+                             f"isolation directory of rule {rule.id}") from None
 
     def _due_stamps(self, rule_fd: int, now: datetime) -> list[str]:
         """The purge-time directories of a rule whose time has come, oldest first."""
-        names = [key[:-1] for key, is_dir in listing(rule_fd, Tree(rule_fd).skipped) if is_dir]
+        names = [key[:-1] for key in listing(rule_fd, Tree(rule_fd).skipped)
+                 if key.endswith("/")]
         return [n for n in names if (at := stamp_time(n)) is not None and at <= now]
 
     # -- isolate ------------------------------------------------------------------------------

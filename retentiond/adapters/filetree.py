@@ -56,12 +56,11 @@ class Skipped:
         return bool(self.unreadable or self.undecodable)
 
 
-Entry = tuple[str, bool]  # (sort key: the name, with "/" appended for a directory; is_dir)
-
-
-def listing(fd: int, skipped: Skipped) -> list[Entry]:
-    """The directories and regular files of the directory ``fd``, sorted (see the module)."""
-    out: list[Entry] = []
+def listing(fd: int, skipped: Skipped) -> list[str]:
+    """The names of the directories (with ``/`` appended, which no name contains) and regular
+    files of the directory ``fd``, sorted (see the module). Only names are kept: memory grows
+    with the largest directory, not with the tree."""
+    out: list[str] = []
     try:
         with os.scandir(fd) as it:
             for entry in it:
@@ -78,7 +77,7 @@ def listing(fd: int, skipped: Skipped) -> list[Entry]:
                 if not _utf8(name):
                     skipped.undecodable += 1
                     continue
-                out.append((name + "/" if is_dir else name, is_dir))
+                out.append(name + "/" if is_dir else name)
     except OSError as exc:
         if exc.errno not in GONE:
             skipped.unreadable += 1
@@ -130,7 +129,7 @@ class Tree:
 
     def _below(self, start: str, top: int, enter: Callable[[str], bool],
                opened: list[int]) -> Iterator[tuple[str, str, int]]:
-        stack: list[tuple[str, int, Iterator[Entry]]] = [
+        stack: list[tuple[str, int, Iterator[str]]] = [
             (start, top, iter(listing(top, self.skipped)))]
         while stack:
             prefix, fd, entries = stack[-1]
@@ -140,8 +139,8 @@ class Tree:
                 if fd != top:
                     os.close(opened.pop())
                 continue
-            key, is_dir = item
-            if not is_dir:
+            key = item
+            if not key.endswith("/"):
                 yield prefix + key, key, fd
                 continue
             rel = prefix + key  # ends with "/"
