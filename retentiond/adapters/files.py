@@ -49,7 +49,7 @@ from retentiond.adapters.files_checks import (
 from retentiond.adapters.files_isolate import FilesIsolation
 from retentiond.adapters.filetree import OPEN_DIR, Dirs, Tree, reason
 from retentiond.adapters.pathglob import PathMatch, PathPattern, compiled
-from retentiond.adapters.recordsel import Covers, Seen
+from retentiond.adapters.recordsel import Covers, Seen, instants_agree
 from retentiond.errors import RecordsFailed, StoreError, StoreUnreachable
 from retentiond.log import get_logger
 
@@ -79,8 +79,10 @@ class FilesAdapter(FilesChecks, FilesIsolation, Adapter):
     def __init__(self, store_name: str, store: Store, policy: Policy) -> None:
         super().__init__(store_name, store, policy)
         self._root_fd: int | None = None
-        # (inode, mtime) of the batch the scan handed out last, to re-check before disposal.
-        self._scanned: dict[str, tuple[int, int]] = {}
+        # (inode, mtime, match) of the batch the scan handed out last, to re-check before
+        # disposal that the file is the one scanned.
+        self._scanned: dict[str, tuple[int, int, PathMatch]] = {}
+        self._scanned_path: str | None = None  # the pattern those files were matched with
         self._clock_counts: dict[str, tuple[int, int]] = {}
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -190,12 +192,48 @@ class FilesAdapter(FilesChecks, FilesIsolation, Adapter):
               ) -> Callable[[str, PathMatch, os.stat_result | None], bool]:
         """Whether the selection covers a file (its key, match and lstat). The rules of one
         target share their pattern, so a file is read once for all of them."""
+        fast = _by_mtime(selection)
+        if fast is not None:
+            return lambda key, m, st: fast.same((m.subject, _micros(st), False))
         covers = Covers(selection)
         rule = selection.rule
         if all(r.path == rule.path for r in covers.rules):
             read = self.reader(compiled(str(rule.path)))
             return lambda key, m, st: covers.same(read(m, st))
         return lambda key, m, st: covers(self.view(key, m, st, rule))
+
+    def selected(self, selection: Selection, *, with_stat: bool) -> Iterator[Found]:
+        """The files the selection covers, in key order, with their match and lstat (None
+        when not ``with_stat`` and the clocks are in the names). One walk; per file one regex
+        match and one ``lstat``: this is the hot loop of a sweep."""
+        rule = selection.rule
+        pattern = compiled(str(rule.path))
+        fast = _by_mtime(selection)
+        if fast is None:
+            judge = self.judge(selection)
+            yield from ((key, m, st) for key, m, st in self.found(
+                rule, with_stat=with_stat or _mtime_in(selection)) if judge(key, m, st))
+            return
+        fullmatch, has_subject, same = pattern.regex.fullmatch, pattern.has_subject, fast.same
+        tree = self.tree()
+        try:
+            for key, name, fd in tree.walk(pattern.literal_prefix, pattern.could_contain):
+                raw = fullmatch(key)
+                if raw is None:
+                    continue
+                try:
+                    st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                except OSError:
+                    continue  # gone since the listing
+                if not stat.S_ISREG(st.st_mode):
+                    continue
+                subject = raw.group("subject") if has_subject else None
+                if same((subject, st.st_mtime_ns // 1000, False)):
+                    yield key, PathMatch(subject, None), st
+        except OSError as exc:
+            raise StoreError(f"store {self.store_name}: {reason(exc)} while reading the "
+                             f"files of rule {rule.id}") from None
+        self._walked(rule, tree)
 
     def view(self, key: str, m: PathMatch, st: os.stat_result | None, rule: Rule
              ) -> Callable[[Rule], Seen | None]:
@@ -217,10 +255,7 @@ class FilesAdapter(FilesChecks, FilesIsolation, Adapter):
     def count(self, selection: Selection) -> int:
         if selection.everything_excluded:
             return 0
-        judge = self.judge(selection)
-        return sum(1 for key, m, st in self.found(selection.rule,
-                                                  with_stat=_mtime_in(selection))
-                   if judge(key, m, st))
+        return sum(1 for _ in self.selected(selection, with_stat=False))
 
     def _bad_clocks(self, rule: Rule) -> int:
         pattern = compiled(str(rule.path))
@@ -243,20 +278,18 @@ class FilesAdapter(FilesChecks, FilesIsolation, Adapter):
     def scan(self, selection: Selection, batch_size: int) -> Iterator[list[Candidate]]:
         if selection.everything_excluded:
             return
-        judge = self.judge(selection)
         batch: list[Candidate] = []
-        scanned: dict[str, tuple[int, int]] = {}
-        for key, m, st in self.found(selection.rule, with_stat=True):
+        scanned: dict[str, tuple[int, int, PathMatch]] = {}
+        for key, m, st in self.selected(selection, with_stat=True):
             assert st is not None
-            if judge(key, m, st):
-                batch.append(Candidate(key, m.subject))
-                scanned[key] = (st.st_ino, st.st_mtime_ns)
-                if len(batch) >= batch_size:
-                    self._scanned = scanned
-                    yield batch
-                    batch, scanned = [], {}
+            batch.append(Candidate(key, m.subject))
+            scanned[key] = (st.st_ino, st.st_mtime_ns, m)
+            if len(batch) >= batch_size:
+                self._scanned, self._scanned_path = scanned, selection.rule.path
+                yield batch
+                batch, scanned = [], {}
         if batch:
-            self._scanned = scanned
+            self._scanned, self._scanned_path = scanned, selection.rule.path
             yield batch
 
     def refs_present(self, rule: Rule, refs: set[str], ref_of: Callable[[Any], str]
@@ -327,26 +360,17 @@ class FilesAdapter(FilesChecks, FilesIsolation, Adapter):
         judge = self.judge(selection)
         pattern = compiled(str(rule.path))
         tree = self.tree()
-        scanned = self._scanned
+        scanned = self._scanned if self._scanned_path == rule.path else {}
         disposed: list[Any] = []
         failed: Counter[str] = Counter()
         emptied: set[tuple[str, ...]] = set()
         with Dirs(self.root_fd) as dirs:
             for key in keys:
-                parts = parts_of(key)
-                m = pattern.match(key) if parts is not None else None
-                if parts is None or m is None or tree.skipped_dir(key):
-                    continue
                 try:
-                    fd = dirs.open(parts[:-1])
-                    if fd is None:
+                    now = self._located(dirs, key, scanned, pattern, tree)
+                    if now is None:
                         continue
-                    st = os.stat(parts[-1], dir_fd=fd, follow_symlinks=False)
-                    if not stat.S_ISREG(st.st_mode):
-                        continue
-                    if scanned.get(key, (st.st_ino, st.st_mtime_ns)) != (st.st_ino,
-                                                                         st.st_mtime_ns):
-                        continue  # changed since the scan: the next sweep looks again
+                    fd, parts, m, st = now
                     if not judge(key, m, st) or not act(fd, parts[-1], key):
                         continue
                 except FileNotFoundError:
@@ -365,12 +389,57 @@ class FilesAdapter(FilesChecks, FilesIsolation, Adapter):
             raise RecordsFailed(disposed, failed)
         return disposed
 
+    @staticmethod
+    def _located(dirs: Dirs, key: Any, scanned: dict[str, tuple[int, int, PathMatch]],
+                 pattern: PathPattern, tree: Tree
+                 ) -> tuple[int, list[str], PathMatch, os.stat_result] | None:
+        """The file ``key`` names as it is now: its directory's fd, its path components,
+        match and lstat; None when it is not (any more) one of the rule's regular files, or
+        not the file the scan saw (another inode, another mtime). Raises OSError when it
+        cannot be reached."""
+        was = scanned.get(key)
+        if was is not None:  # read from this tree by the scan: a valid path
+            parts, m = key.split("/"), was[2]
+        else:
+            parts = parts_of(key)
+            found = pattern.match(key) if parts is not None else None
+            if parts is None or found is None or tree.skipped_dir(key):
+                return None
+            m = found
+        fd = dirs.open(parts[:-1])
+        if fd is None:
+            return None
+        st = os.stat(parts[-1], dir_fd=fd, follow_symlinks=False)
+        if not stat.S_ISREG(st.st_mode) or (
+                was is not None and (st.st_ino, st.st_mtime_ns) != was[:2]):
+            return None  # changed since the scan: the next sweep looks again
+        return fd, parts, m, st
+
     def _prune(self, dirs: Dirs, emptied: set[tuple[str, ...]], pattern: PathPattern) -> None:
         keep = len([p for p in pattern.literal_prefix.split("/") if p])
         removed = sum(dirs.prune(list(names), keep)
                       for names in sorted(emptied, key=len, reverse=True))
         if removed:
             log.debug("empty directories removed", store=self.store_name, count=removed)
+
+
+def _micros(st: os.stat_result | None) -> int:
+    assert st is not None
+    return st.st_mtime_ns // 1000
+
+
+def _by_mtime(sel: Selection) -> Covers | None:
+    """The selection compiled to compare mtimes as integer microseconds, when every rule it
+    involves clocks by the mtime of the same pattern and instants compare as wall-clock times
+    near its bounds (:func:`recordsel.instants_agree`); else None."""
+    path = sel.rule.path
+    if compiled(str(path)).clock_format is not None or not _same_path(sel, path):
+        return None
+    return Covers(sel, micros=True) if instants_agree(sel) else None
+
+
+def _same_path(sel: Selection, path: str | None) -> bool:
+    return sel.rule.path == path and all(_same_path(o, path) for o in sel.exclude)
 
 
 def _mtime_in(sel: Selection) -> bool:

@@ -36,8 +36,6 @@ def reason(exc: OSError) -> str:
 
 
 def _utf8(name: str) -> bool:
-    if name.isascii():
-        return True
     try:
         name.encode()
     except UnicodeEncodeError:
@@ -65,19 +63,19 @@ def listing(fd: int, skipped: Skipped) -> list[str]:
         with os.scandir(fd) as it:
             for entry in it:
                 try:
-                    if entry.is_dir(follow_symlinks=False):
-                        is_dir = True
-                    elif entry.is_file(follow_symlinks=False):
-                        is_dir = False
+                    if entry.is_file(follow_symlinks=False):
+                        suffix = ""
+                    elif entry.is_dir(follow_symlinks=False):
+                        suffix = "/"
                     else:
                         continue  # a symlink, FIFO, socket or device: never a record
                 except OSError:
                     continue
                 name = entry.name
-                if not _utf8(name):
+                if not name.isascii() and not _utf8(name):
                     skipped.undecodable += 1
                     continue
-                out.append(name + "/" if is_dir else name)
+                out.append(name + suffix)
     except OSError as exc:
         if exc.errno not in GONE:
             skipped.unreadable += 1
@@ -182,6 +180,9 @@ class Dirs:
         """The directory ``base/names[0]/names[1]/...``, or None when a component is missing
         (and not ``create``), a symlink or not a directory. Raises OSError for anything else
         (a directory that may not be entered)."""
+        if self.chain and len(names) == len(self.chain) and self.chain[-1][0] == names[-1] \
+                and [n for n, _ in self.chain] == names:
+            return self.chain[-1][1]  # the directory of the previous record
         same = 0
         while (same < len(self.chain) and same < len(names)
                and self.chain[same][0] == names[same]):

@@ -75,7 +75,8 @@ class PathPattern:
         self._segments: list[re.Pattern[str] | None] = [
             None if _is_globstar(seg) else re.compile(_segment_regex(seg))
             for seg in segments]
-        self._regex = re.compile(_path_regex(segments))
+        #: The whole pattern as one regular expression (groups ``subject`` and ``clock``).
+        self.regex = re.compile(_path_regex(segments))
         self._memo: dict[str, frozenset[int]] = {}
 
     def __repr__(self) -> str:
@@ -83,9 +84,11 @@ class PathPattern:
 
     def match(self, rel: str) -> PathMatch | None:
         """The match of a ``/``-separated relative path, or None when it does not match."""
-        m = self._regex.fullmatch(rel)
-        if m is None:
-            return None
+        m = self.regex.fullmatch(rel)
+        return None if m is None else self.read(m)
+
+    def read(self, m: re.Match[str]) -> PathMatch:
+        """The fields of a full match of :attr:`regex`."""
         subject = m.group("subject") if self.has_subject else None
         if self.clock_format is None:
             return PathMatch(subject, None)

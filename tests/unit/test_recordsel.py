@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from retentiond.adapters.base import Filter, Selection
-from retentiond.adapters.recordsel import Covers, Seen
+from retentiond.adapters.recordsel import Covers, Seen, instants_agree
 from retentiond.policy.model import Rule
 
 TZ = ZoneInfo("Europe/Berlin")
@@ -30,7 +30,13 @@ def sel(**kw: object) -> Selection:
 
 
 def covers(s: Selection, seen: Seen | None) -> bool:
-    return Covers(s)(lambda rule: seen)
+    """Whether ``s`` covers the record, asked both ways (every rule's view, and the one
+    record all rules of a target share): they must agree."""
+    compiled = Covers(s)
+    answer = compiled(lambda rule: seen)
+    if seen is not None:
+        assert compiled.same(seen) is answer
+    return answer
 
 
 EARLY = Seen("1", T - timedelta(hours=1))
@@ -97,3 +103,40 @@ def test_bounds_in_another_zone_are_compared_as_instants() -> None:
 def test_due_is_exactly_at_or_before_the_cutoff(hours: int, cut: int) -> None:
     record = Seen("1", T + timedelta(hours=hours))
     assert covers(sel(clock_cutoff=T + timedelta(hours=cut)), record) is (hours <= cut)
+
+
+# -- mtimes as integer microseconds ---------------------------------------------------------------
+def test_instants_agree_only_away_from_offset_changes() -> None:
+    summer = datetime(2024, 7, 1, 12, 0, tzinfo=TZ)
+    fall_back = datetime(2024, 10, 27, 2, 30, tzinfo=TZ)  # Berlin: 03:00 -> 02:00
+    assert instants_agree(sel(clock_cutoff=summer))
+    assert not instants_agree(sel(clock_cutoff=fall_back + timedelta(days=1)))
+    assert not instants_agree(sel(clock_cutoff=summer, exclude=(
+        sel(clock_cutoff=None, clock_within=(fall_back - timedelta(hours=30), summer)),)))
+    assert instants_agree(sel(clock_cutoff=fall_back + timedelta(days=3)))
+    assert instants_agree(replace(sel(clock_cutoff=fall_back), tz=ZoneInfo("UTC")))
+
+
+@given(st.integers(-3 * 86400, 3 * 86400), st.integers(-3 * 86400, 3 * 86400),
+       st.sampled_from([datetime(2024, 7, 1, 12, 0), datetime(2024, 10, 27, 2, 30),
+                        datetime(2024, 3, 31, 2, 30), datetime(2024, 1, 1, 0, 0)]),
+       st.sampled_from(["Europe/Berlin", "UTC", "America/New_York", "Australia/Lord_Howe"]))
+def test_micros_answer_like_wall_clock_times_wherever_instants_agree(
+        offset: int, other: int, wall: datetime, zone: str) -> None:
+    tz = ZoneInfo(zone)
+    cutoff = wall.replace(tzinfo=tz)
+    s = replace(sel(clock_cutoff=cutoff, exclude=(sel(
+        clock_cutoff=None, clock_within=(cutoff - timedelta(hours=5),
+                                         cutoff - timedelta(hours=1))),)), tz=tz)
+    s = replace(s, exclude=tuple(replace(o, tz=tz) for o in s.exclude))
+    if not instants_agree(s):
+        return
+    for delta in (offset, other):
+        us = micros_of(cutoff) + delta * 1_000_000
+        as_time = datetime.fromtimestamp(us / 1e6, tz)
+        assert Covers(s, micros=True).same(("1", us, False)) is Covers(s).same(
+            Seen("1", as_time)), (zone, wall, delta)
+
+
+def micros_of(at: datetime) -> int:
+    return (at - datetime(1970, 1, 1, tzinfo=ZoneInfo("UTC"))) // timedelta(microseconds=1)
