@@ -133,8 +133,15 @@ def resolve_filters(rule: Rule, now: datetime) -> tuple[Filter, ...]:
 
 
 def overlapping(rule: Rule, rules: tuple[Rule, ...]) -> list[Rule]:
+    """The other rules that may select the same records: on sql, the rules on the same table;
+    on stores whose rules name records by a pattern (files: ``path``; s3: ``prefix`` and
+    ``path``), every other rule of the store, since two patterns written differently
+    (``prefix: a/`` and ``prefix: a/, path: "{subject}/*.pdf"``) can name the same object.
+    Their floors, holds and earlier due dates then apply record by record: the adapter
+    evaluates each excluded selection only on the records its own rule's pattern matches."""
+    by_pattern = rule.table is None
     return [r for r in rules if r.id != rule.id and r.store == rule.store
-            and r.target == rule.target]
+            and (r.target == rule.target or (by_pattern and r.table is None))]
 
 
 def earlier_due(y: Rule, x: Rule, order: dict[str, int]) -> bool:

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from retentiond.adapters.base import OBJECT_LOCK, Adapter, Candidate, Problem, Selection
 from retentiond.adapters.pathglob import compiled
-from retentiond.adapters.recordsel import Covers
+from retentiond.adapters.recordsel import Covers, Seen, View
 from retentiond.adapters.s3dispose import Current, S3Disposal
 from retentiond.adapters.s3isolate import S3Isolation
 from retentiond.adapters.s3select import Layout, Named, isolated_prefixes, isolation, view
@@ -280,7 +280,31 @@ class S3Adapter(S3Disposal, S3Isolation, Adapter):
                      if clocks(view(n, c.head.last_modified, None, tz))]
         full = Covers(sel)
         return [(c, s) for (c, n), s in zip(items, self._subjects(layout, items), strict=True)
-                if full(view(n, c.head.last_modified, s, tz))]
+                if full(self._view(sel.rule, c, n, s))]
+
+    def _view(self, rule: Rule, c: Current, named: Named, subject: str | None) -> View:
+        """The object as each rule of a selection sees it: ``rule``'s own reading, and for a
+        rule with another pattern or subject tag (two rules over one prefix, written
+        differently) its own match of the key (None: not its record) and its own subject,
+        the tag read when it names another one."""
+        tz = self.policy.tz
+        mine = view(named, c.head.last_modified, subject, tz)
+        mine_layout = self.layout(rule)
+
+        def of(other: Rule) -> Seen | None:
+            theirs = self.layout(other)
+            if _reads(theirs) == _reads(mine_layout):
+                return mine(other)
+            again = theirs.parse(c.head.key)
+            if again is None:
+                return None
+            who = again.subject
+            if theirs.subject_tag is not None:
+                who = (subject if theirs.subject_tag == mine_layout.subject_tag
+                       else self.s3.tag(theirs.bucket, c.head.key, theirs.subject_tag))
+            return view(again, c.head.last_modified, who, tz)(other)
+
+        return of
 
     def _pages(self, sel: Selection, *, locks: bool
                ) -> Iterator[list[tuple[Current, str | None, bool]]]:
@@ -404,3 +428,9 @@ class S3Adapter(S3Disposal, S3Isolation, Adapter):
     def present(self, rule: Rule, action: str, refs: set[str],
                 ref_of: Callable[[Any], str]) -> list[Any]:
         return list(self.present_keys(rule, action, refs, ref_of))
+
+
+def _reads(layout: Layout) -> tuple[str, str | None, str | None]:
+    """What decides how a rule reads an object: its prefix, pattern and subject tag."""
+    return (layout.base, layout.pattern.pattern if layout.pattern is not None else None,
+            layout.subject_tag)

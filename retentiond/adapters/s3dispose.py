@@ -79,11 +79,12 @@ class S3Disposal:
 
     def delete_next(self, selection: Selection, after: Any, limit: int,
                     intent: Callable[[list[Any]], None]) -> NextBatch | None:
-        """The fast path of a delete sweep: list on from ``after`` until ``limit`` objects
-        the selection covers are read, announce them (``intent``), delete them. The listing
-        that picks a batch is as fresh as the re-read a scanned batch gets, so each object is
-        listed once instead of twice. Every version of a key (``versions: all`` in a
-        versioned bucket) is listed per key: that takes the scan path (None)."""
+        """The fast path of a delete sweep: list on from ``after`` until a listing page holds
+        objects the selection covers (at most ``limit``), announce them (``intent``), delete
+        them. The listing page that picks a batch is as fresh as the re-read a scanned batch
+        gets, so each object is listed once instead of twice. Every version of a key
+        (``versions: all`` in a versioned bucket) is listed per key: that takes the scan path
+        (None)."""
         rule = selection.rule
         layout = self.layout(rule)
         if rule.versions == "all" and self.bucket(layout.bucket).versioned:
@@ -99,6 +100,11 @@ class S3Disposal:
             picked += chosen[:room]
             if len(chosen) >= room:
                 last_read = picked[-1]
+                break
+            if picked:
+                # Delete what one page picked before listing on: an object rewritten while
+                # later pages were listed (and their tags read) would go unseen.
+                last_read = page[-1].key
                 break
         if not picked:
             return NextBatch([], last_read)

@@ -54,13 +54,23 @@ def isolation(store: Store, rule: Rule) -> tuple[str, str]:
 
 def isolated_prefixes(store_name: str, store: Store, policy: Policy) -> tuple[str, ...]:
     """Prefixes of the store's bucket holding isolated objects, which no rule reads: the
-    default one (copies from an earlier policy stay there) and every rule's own."""
-    found = {store.prefix + ISOLATED}
+    default one of every s3 store of the policy on the same bucket and endpoint (copies from
+    an earlier policy stay there) and every such store's rules' own: a store listing a whole
+    bucket must not dispose of what another store on it isolated."""
+    found: set[str] = set()
+    for name, other in policy.stores.items():
+        if (other.adapter != store.adapter or other.bucket != store.bucket
+                or other.endpoint_url != store.endpoint_url) and name != store_name:
+            continue
+        found.add(other.prefix + ISOLATED)
     for r in policy.rules:
-        if r.store == store_name:
-            bucket, prefix = isolation(store, r)
-            if bucket == store.bucket:
-                found.add(prefix)
+        other = policy.stores.get(r.store)
+        if other is None or other.adapter != store.adapter:
+            continue
+        bucket, prefix = isolation(other, r)
+        if bucket == store.bucket and (other.endpoint_url == store.endpoint_url
+                                       or r.store == store_name):
+            found.add(prefix)
     return tuple(sorted(found))
 
 

@@ -324,16 +324,28 @@ class S3Store:
                ) -> dict[str, str]:
         """DeleteObjects, up to :data:`DELETE_BATCH` per request, never with a bypass header.
         Returns the keys S3 refused, each with the error code of its first refused version;
-        every other key given was deleted."""
+        every other key given was deleted. A key counts as deleted only where the answer names
+        it under ``Deleted`` (verbose mode): a key the answer does not name as sent (a server
+        that normalises it, or drops it) is refused (``NotConfirmed``), never ledgered as
+        gone."""
         batch: list[dict[str, str]] = []
         refused: dict[str, str] = {}
 
         def flush() -> None:
             with self.errors(f"deleting from bucket {bucket}", bucket):
                 answer = self.client.delete_objects(
-                    Bucket=bucket, Delete={"Objects": batch, "Quiet": True})
+                    Bucket=bucket, Delete={"Objects": batch, "Quiet": False})
+            sent = {(o["Key"], o.get("VersionId")) for o in batch}
+            done = {(str(d.get("Key")), d.get("VersionId")) for d in answer.get("Deleted", ())}
+            done_keys = {k for k, _ in done}
             for err in answer.get("Errors", ()):
-                refused.setdefault(str(err.get("Key")), str(err.get("Code") or "Error"))
+                key = str(err.get("Key"))
+                if (key, err.get("VersionId")) in sent or key in {k for k, _ in sent}:
+                    refused.setdefault(key, str(err.get("Code") or "Error"))
+            for key, version in sent:
+                confirmed = (key, version) in done or (version is None and key in done_keys)
+                if not confirmed:
+                    refused.setdefault(key, "NotConfirmed")
             batch.clear()
 
         for key, version_id in objects:
