@@ -64,11 +64,11 @@ def isolated_prefixes(store_name: str, store: Store, policy: Policy) -> tuple[st
             continue
         found.add(other.prefix + ISOLATED)
     for r in policy.rules:
-        other = policy.stores.get(r.store)
-        if other is None or other.adapter != store.adapter:
+        of = policy.stores.get(r.store)
+        if of is None or of.adapter != store.adapter:
             continue
-        bucket, prefix = isolation(other, r)
-        if bucket == store.bucket and (other.endpoint_url == store.endpoint_url
+        bucket, prefix = isolation(of, r)
+        if bucket == store.bucket and (of.endpoint_url == store.endpoint_url
                                        or r.store == store_name):
             found.add(prefix)
     return tuple(sorted(found))
