@@ -130,11 +130,16 @@ class FilesAdapter(FilesChecks, FilesIsolation, Adapter):
     def tree(self) -> Tree:
         """The live tree: every isolation directory inside the root is skipped."""
         skip = {ISOLATED}
+        real_root = os.path.realpath(self.root)
         for rule in self.policy.rules:
             if rule.store == self.store_name and rule.isolate and rule.isolate.dir:
                 base = isolation_base(self.root, rule)
                 if inside(base, self.root):
                     skip.add(os.path.relpath(base, self.root))
+                # The same directory named through a symlink on the way.
+                real = os.path.realpath(base)
+                if inside(real, real_root):
+                    skip.add(os.path.relpath(real, real_root))
         return Tree(self.root_fd, frozenset(skip))
 
     def _walked(self, rule: Rule, tree: Tree) -> None:
@@ -144,12 +149,13 @@ class FilesAdapter(FilesChecks, FilesIsolation, Adapter):
                         undecodable_names=tree.skipped.undecodable)
 
     # -- reading ------------------------------------------------------------------------------
-    def found(self, rule: Rule, *, with_stat: bool) -> Iterator[Found]:
+    def found(self, rule: Rule, *, with_stat: bool, tree: Tree | None = None
+              ) -> Iterator[Found]:
         """The rule's files in key order, with their lstat when ``with_stat`` or the clock is
         the mtime."""
         pattern = compiled(str(rule.path))
         need = with_stat or pattern.clock_format is None
-        tree = self.tree()
+        tree = tree if tree is not None else self.tree()
         try:
             for key, name, fd in tree.walk(pattern.literal_prefix, pattern.could_contain):
                 m = pattern.match(key)
@@ -294,10 +300,19 @@ class FilesAdapter(FilesChecks, FilesIsolation, Adapter):
 
     def refs_present(self, rule: Rule, refs: set[str], ref_of: Callable[[Any], str]
                      ) -> list[str]:
-        """Keys of the rule's live files whose reference is in ``refs``."""
+        """Keys of the rule's live files whose reference is in ``refs``. A walk that could
+        not read a directory cannot say a file is gone (reconciliation would ledger it as
+        disposed, replay would miss it): a StoreError, and the intent stays pending."""
         if not refs:
             return []
-        return [key for key, _, _ in self.found(rule, with_stat=False) if ref_of(key) in refs]
+        tree = self.tree()
+        keys = [key for key, _, _ in self.found(rule, with_stat=False, tree=tree)
+                if ref_of(key) in refs]
+        if tree.skipped.unreadable:
+            raise StoreError(f"store {self.store_name}: {tree.skipped.unreadable} "
+                             f"directories of rule {rule.id} could not be read; cannot tell "
+                             "which files are gone")
+        return keys
 
     def present(self, rule: Rule, action: str, refs: set[str],
                 ref_of: Callable[[Any], str]) -> list[Any]:

@@ -85,6 +85,27 @@ def isolation_base(root: str, rule: Rule) -> str:
     return normal(os.path.join(normal(root), given or ISOLATED))
 
 
+def _overlapping_roots(rule: Rule, store: Store, policy: Policy) -> list[Problem]:
+    """Two files stores on one tree (the same root, or one inside the other, through
+    symlinks too) would not see each other's floors, holds and isolation directories: one
+    tree, one store."""
+    if not store.root or root_problem(store.root):
+        return []
+    mine = os.path.realpath(store.root)
+    for name, other in policy.stores.items():
+        if name == rule.store or other.adapter != store.adapter or not other.root:
+            continue
+        if root_problem(other.root):
+            continue
+        theirs = os.path.realpath(other.root)
+        if inside(mine, theirs) or inside(theirs, mine):
+            return [("store", f"store {rule.store!r}: root {store.root} overlaps the root of "
+                     f"store {name!r} ({other.root}); rules on one tree belong to one store, "
+                     "so that their floors, holds and isolation directories apply to each "
+                     "other")]
+    return []
+
+
 def _store_problems(rule: Rule, store: Store) -> list[Problem]:
     if not store.root:
         return [("store", f"store {rule.store!r} (files) needs a root: the directory the "
@@ -156,6 +177,7 @@ class FilesChecks:
         problems: list[Problem] = list(base.check_rule(rule, policy))
         store = policy.stores[rule.store]
         problems += _store_problems(rule, store)
+        problems += _overlapping_roots(rule, store, policy)
         problems += [(key, msg) for key, msg in REFUSED.items() if getattr(rule, key)]
         if rule.versions != "all":
             problems.append(("versions", "versions is for s3 objects; remove it"))
