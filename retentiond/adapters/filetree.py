@@ -61,21 +61,20 @@ def listing(fd: int, skipped: Skipped) -> list[str]:
     out: list[str] = []
     try:
         with os.scandir(fd) as it:
+            append = out.append
             for entry in it:
-                try:
-                    if entry.is_file(follow_symlinks=False):
-                        suffix = ""
-                    elif entry.is_dir(follow_symlinks=False):
-                        suffix = "/"
-                    else:
-                        continue  # a symlink, FIFO, socket or device: never a record
-                except OSError:
-                    continue
                 name = entry.name
                 if not name.isascii() and not _utf8(name):
                     skipped.undecodable += 1
                     continue
-                out.append(name + suffix)
+                try:
+                    if entry.is_file(follow_symlinks=False):
+                        append(name)
+                    elif entry.is_dir(follow_symlinks=False):
+                        append(name + "/")
+                    # else a symlink, FIFO, socket or device: never a record
+                except OSError:
+                    continue
     except OSError as exc:
         if exc.errno not in GONE:
             skipped.unreadable += 1
@@ -161,7 +160,8 @@ class Dirs:
     def __init__(self, base_fd: int, *, create: bool = False) -> None:
         self.base_fd = base_fd
         self.create = create
-        self.chain: list[tuple[str, int]] = []
+        self.names: list[str] = []  # the open chain: names[i] is opened as fds[i]
+        self.fds: list[int] = []
 
     def __enter__(self) -> Dirs:
         return self
@@ -173,22 +173,22 @@ class Dirs:
         self._cut(0)
 
     def _cut(self, keep: int) -> None:
-        while len(self.chain) > keep:
-            os.close(self.chain.pop()[1])
+        while len(self.fds) > keep:
+            self.names.pop()
+            os.close(self.fds.pop())
 
     def open(self, names: list[str]) -> int | None:
         """The directory ``base/names[0]/names[1]/...``, or None when a component is missing
         (and not ``create``), a symlink or not a directory. Raises OSError for anything else
         (a directory that may not be entered)."""
-        if self.chain and len(names) == len(self.chain) and self.chain[-1][0] == names[-1] \
-                and [n for n, _ in self.chain] == names:
-            return self.chain[-1][1]  # the directory of the previous record
+        if names == self.names:
+            return self.fds[-1] if self.fds else self.base_fd  # the previous record's
         same = 0
-        while (same < len(self.chain) and same < len(names)
-               and self.chain[same][0] == names[same]):
+        while (same < len(self.names) and same < len(names)
+               and self.names[same] == names[same]):
             same += 1
         self._cut(same)
-        fd = self.chain[-1][1] if self.chain else self.base_fd
+        fd = self.fds[-1] if self.fds else self.base_fd
         for name in names[same:]:
             try:
                 fd = self._child(fd, name)
@@ -196,7 +196,8 @@ class Dirs:
                 if exc.errno in GONE:
                     return None
                 raise
-            self.chain.append((name, fd))
+            self.names.append(name)
+            self.fds.append(fd)
         return fd
 
     def _child(self, fd: int, name: str) -> int:

@@ -23,6 +23,7 @@ fields (a literal ``{`` or ``}`` in a name is matched with ``?``); there are no 
 from __future__ import annotations
 
 import re
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
@@ -77,7 +78,8 @@ class PathPattern:
             for seg in segments]
         #: The whole pattern as one regular expression (groups ``subject`` and ``clock``).
         self.regex = re.compile(_path_regex(segments))
-        self._memo: dict[str, frozenset[int]] = {}
+        self._memo: OrderedDict[str, frozenset[int]] = OrderedDict()
+        self._closed = [self._closure(i) for i in range(len(self._segments) + 1)]
 
     def __repr__(self) -> str:
         return f"PathPattern({self.pattern!r})"
@@ -106,39 +108,43 @@ class PathPattern:
     def _states(self, rel_dir: str) -> frozenset[int]:
         """The segments a path could be at after the directories ``rel_dir`` (memoised: a walk
         asks for a directory right after its parent)."""
-        known = self._memo.get(rel_dir)
+        memo = self._memo
+        known = memo.get(rel_dir)
         if known is not None:
+            memo.move_to_end(rel_dir)  # least recently used goes first: ancestors stay
             return known
         if not rel_dir:
-            states = frozenset(self._closure({0}))
+            states = self._closed[0]
         else:
             parent, _, name = rel_dir.rpartition("/")
-            states = frozenset(self._closure({nxt for i in self._states(parent)
-                                              for nxt in self._step(i, name)}))
-        if len(self._memo) >= 4096:
-            self._memo.clear()
-        self._memo[rel_dir] = states
+            states = self._next(self._states(parent), name)
+        memo[rel_dir] = states
+        if len(memo) > 4096:
+            memo.popitem(last=False)
         return states
 
-    def _step(self, i: int, name: str) -> tuple[int, ...]:
-        """The states after a directory named ``name`` from state ``i``."""
+    def _next(self, states: frozenset[int], name: str) -> frozenset[int]:
+        """The states after a directory named ``name``: a ``**`` segment stays (and may be
+        done with), a segment that matches the name moves on; the last segment is a file's."""
         last = len(self._segments) - 1
-        if i > last:
-            return ()
-        seg = self._segments[i]
-        if seg is None:
-            return (i,)
-        return (i + 1,) if i < last and seg.fullmatch(name) else ()
+        out: set[int] = set()
+        for i in states:
+            seg = self._segments[i]
+            if seg is None:
+                out |= self._closed[i]
+            elif i < last and seg.fullmatch(name):
+                out |= self._closed[i + 1]
+        return frozenset(out)
 
-    def _closure(self, states: set[int]) -> set[int]:
-        out = set(states)
-        todo = list(states)
-        while todo:
-            i = todo.pop()
-            if i < len(self._segments) and self._segments[i] is None and i + 1 not in out:
-                out.add(i + 1)
-                todo.append(i + 1)
-        return {i for i in out if i < len(self._segments)}
+    def _closure(self, i: int) -> frozenset[int]:
+        """State ``i`` and those a run of ``**`` segments from it reaches without a name."""
+        out = set()
+        while i < len(self._segments):
+            out.add(i)
+            if self._segments[i] is not None:
+                break
+            i += 1
+        return frozenset(out)
 
 
 @lru_cache(maxsize=256)
