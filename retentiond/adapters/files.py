@@ -221,6 +221,7 @@ class FilesAdapter(FilesChecks, FilesIsolation, Adapter):
                 rule, with_stat=with_stat or _mtime_in(selection)) if judge(key, m, st))
             return
         fullmatch, has_subject, same = pattern.regex.fullmatch, pattern.has_subject, fast.same
+        cutoff = fast.cutoff if fast.cutoff_only else None  # the plain time selection
         tree = self.tree()
         try:
             for key, name, fd in tree.walk(pattern.literal_prefix, pattern.could_contain):
@@ -232,6 +233,11 @@ class FilesAdapter(FilesChecks, FilesIsolation, Adapter):
                 except OSError:
                     continue  # gone since the listing
                 if not stat.S_ISREG(st.st_mode):
+                    continue
+                if cutoff is not None:
+                    if st.st_mtime_ns // 1000 <= cutoff:
+                        yield key, PathMatch(raw.group("subject") if has_subject else None,
+                                             None), st
                     continue
                 subject = raw.group("subject") if has_subject else None
                 if same((subject, st.st_mtime_ns // 1000, False)):

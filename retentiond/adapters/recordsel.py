@@ -114,6 +114,14 @@ class Covers:
         #: Every rule the selection involves (its own and those of what it excludes).
         self.rules: tuple[Rule, ...] = (self.rule, *(r for o in self.exclude for r in o.rules))
 
+    @property
+    def cutoff_only(self) -> bool:
+        """Whether the clock being at or before :attr:`cutoff` decides alone (no subjects,
+        holds, floors, gaps or other rules' exclusions)."""
+        return (self.cutoff is not None and self.subjects is None and not self.excluded
+                and not self.unconditional and self.after is None and self.lo_hi is None
+                and not self.exclude)
+
     def __call__(self, view: View) -> bool:
         seen = view(self.rule)
         if seen is None:

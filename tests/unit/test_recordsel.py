@@ -140,3 +140,10 @@ def test_micros_answer_like_wall_clock_times_wherever_instants_agree(
 
 def micros_of(at: datetime) -> int:
     return (at - datetime(1970, 1, 1, tzinfo=ZoneInfo("UTC"))) // timedelta(microseconds=1)
+
+
+def test_cutoff_only_is_the_plain_time_selection() -> None:
+    assert Covers(sel()).cutoff_only
+    assert not Covers(sel(exclude_subjects=("1",))).cutoff_only
+    assert not Covers(sel(clock_cutoff=None, subjects=("1",))).cutoff_only
+    assert not Covers(sel(exclude=(sel(clock_cutoff=None, clock_after=T),))).cutoff_only
