@@ -108,18 +108,17 @@ class Reference:
     referred: tuple[str, ...]  # the referred columns of the rule's table, pairwise
     effect: str  # block, delete or set_null
 
-    def joins(self, table: sa.Table) -> list[sa.ColumnElement[bool]]:
-        return [self.source.c[c] == table.c[r]
-                for c, r in zip(self.columns, self.referred, strict=True)]
-
     def pairs(self, row: sa.FromClause, parent: sa.FromClause) -> list[sa.ColumnElement[bool]]:
         """The key's column pairs between a row of its referencing table and a row of the
         table it refers to, either possibly an alias."""
         return [row.c[c] == parent.c[r] for c, r in zip(self.columns, self.referred, strict=True)]
 
-    def refers(self, table: sa.Table) -> sa.Exists:
-        return sa.exists(sa.select(sa.literal(1)).select_from(self.source)
-                         .where(*self.joins(table)))
+    def refers(self, parent: sa.FromClause) -> sa.Exists:
+        """``EXISTS`` a row of the referencing table (a new alias) that refers to the row of
+        ``parent``."""
+        other = _lite(self.source.element, self.columns)
+        return sa.exists(sa.select(sa.literal(1)).select_from(other)
+                         .where(*self.pairs(other, parent)))
 
 
 class SqlRefs:
@@ -295,14 +294,14 @@ class SqlRefs:
         lite = r.source.element
         at = self._at(lite)
         if at in visited:
-            return [(r, self._any_row(r, parent))] if r.effect == "delete" else []
+            return [(r, r.refers(parent))] if r.effect == "delete" else []
         guard = self._guard_of(r, sel.guards)
         real = (self.table(guard.selections[0].rule)
                 if guard is not None and guard.selections else None)
         below = self.references(lite) if r.effect == "delete" else []
         budget[0] -= 1
         if below and (depth >= self._max_depth() or budget[0] < 0):
-            return [(r, self._any_row(r, parent))]
+            return [(r, r.refers(parent))]
         row: sa.FromClause
         if real is not None:
             row = real
@@ -315,10 +314,7 @@ class SqlRefs:
             found[None] = [self.predicate(s, real) for s in guard.selections]
         for x in below:
             if x.effect == "block":
-                other = _lite(x.source.element, x.columns)
-                found.setdefault(x, []).append(
-                    sa.exists(sa.select(sa.literal(1)).select_from(other)
-                              .where(*x.pairs(other, row))))
+                found.setdefault(x, []).append(x.refers(row))
                 continue
             for namer, deeper in self._below(sel, row, x, visited | {at}, depth=depth + 1,
                                              budget=budget):
@@ -327,14 +323,6 @@ class SqlRefs:
         return [(namer, sa.exists(sa.select(sa.literal(1)).select_from(row)
                                   .where(*joins, _any(conds))))
                 for namer, conds in found.items()]
-
-    @staticmethod
-    def _any_row(r: Reference, parent: sa.FromClause) -> sa.Exists:
-        """``EXISTS`` a row of ``r``'s referencing table that refers to the row of
-        ``parent``."""
-        other = _lite(r.source.element, r.columns)
-        return sa.exists(sa.select(sa.literal(1)).select_from(other)
-                         .where(*r.pairs(other, parent)))
 
     def _max_depth(self) -> int:
         """How many keys deep a chain is followed: SQLite's parser gives up on the nesting

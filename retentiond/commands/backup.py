@@ -50,10 +50,16 @@ def restored(app: App, store: str, taken_at: str) -> int:
         # Stops after the batch in flight if the lease cannot be renewed.
         executor = Executor(policy, app.state, {store: adapter}, run_id,
                             should_stop=lambda: not held.held())
+        # What other tables' rules protect (holds, floors, on_erasure: keep), read once: a
+        # record whose disposal would CASCADE into such a row stays, on replay as in a sweep
+        # (the executor brings the holds up to date before every batch).
+        now = datetime.now(UTC).astimezone(app.policy.tz)
+        sit = planner.Situation(now, app.policy.tz, app.policy.rules, read_holds(app.state),
+                                tuple(open_requests(app.state)))
         replayed = []
         for (rule_id, action), refs in sorted(groups.items()):
-            replayed.append(_replay(app, executor, rule_id=rule_id, action=action, refs=refs,
-                                    since=since))
+            replayed.append(_replay(app, executor, sit, rule_id=rule_id, action=action,
+                                    refs=refs, since=since))
             if executor.stopped:
                 break
     results = [r for r in replayed if r is not None]
@@ -85,8 +91,8 @@ def _disposals_since(app: App, store: str, since: str) -> dict[tuple[str, str], 
     return groups
 
 
-def _replay(app: App, executor: Executor, *, rule_id: str, action: str, refs: set[str],
-            since: datetime) -> RuleResult | None:
+def _replay(app: App, executor: Executor, sit: planner.Situation, *, rule_id: str,
+            action: str, refs: set[str], since: datetime) -> RuleResult | None:
     try:
         rule = app.policy.rule(rule_id)
     except KeyError:
@@ -96,12 +102,7 @@ def _replay(app: App, executor: Executor, *, rule_id: str, action: str, refs: se
     adapter = executor.adapters[rule.store]
     keys = adapter.present(rule, action, refs, executor.refs.record_fn(rule.store, rule.target))
     result = RuleResult(rule.id, rule.store, rule.target, action)
-    now = datetime.now(UTC).astimezone(app.policy.tz)
-    # What other tables' rules protect now (holds, floors, on_erasure: keep): a record whose
-    # disposal would CASCADE into such a row stays, on replay as in a sweep.
-    sit = planner.Situation(now, app.policy.tz, app.policy.rules, read_holds(app.state),
-                            tuple(open_requests(app.state)))
-    sel = Selection(rule=rule, action=action, reason="replay", tz=app.policy.tz, now=now,
+    sel = Selection(rule=rule, action=action, reason="replay", tz=app.policy.tz, now=sit.now,
                     clock_cutoff=None, unconditional=True,
                     detail={"taken_at": since.isoformat()},
                     guards=planner.cascade_guards(rule, sit))
