@@ -58,6 +58,10 @@ if TYPE_CHECKING:
     from retentiond.policy.model import Policy, Rule, Store
 
 log = get_logger(__name__)
+#: The failure reason of a file with more than one name (hard link): unlinking or renaming
+#: one name would leave its data in place under the other, so it is never disposed.
+HARD_LINKED = "hard-linked (the data has another name)"
+
 Found = tuple[str, PathMatch, os.stat_result | None]  # (key, match, lstat or None)
 
 
@@ -392,7 +396,12 @@ class FilesAdapter(FilesChecks, FilesIsolation, Adapter):
                     if now is None:
                         continue
                     fd, parts, m, st = now
-                    if not judge(key, m, st) or not act(fd, parts[-1], key):
+                    if not judge(key, m, st):
+                        continue
+                    if st.st_nlink > 1:  # another name keeps the data: never "disposed"
+                        failed[HARD_LINKED] += 1
+                        continue
+                    if not act(fd, parts[-1], key):
                         continue
                 except FileNotFoundError:
                     continue

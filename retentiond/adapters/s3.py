@@ -235,6 +235,10 @@ class S3Adapter(S3Disposal, S3Isolation, Adapter):
                           f"earlier version of a disposed object stays in bucket "
                           f"{layout.bucket} (versioning {info.versioning}); versions: all "
                           "removes them"))
+        if rule.prefix and not rule.prefix.endswith("/"):
+            found.append(("prefix", f"{rule.prefix} does not end in /: it also selects keys "
+                          f"that merely begin with it ({rule.prefix}-old/..., "
+                          f"{rule.prefix}2/...); end it with / to select one folder"))
         if count_bad and layout.key_clock and (n := self.count_bad_clock(rule)):
             found.append(("path", f"{n} keys have a date that does not parse with "
                           f"{layout.pattern.clock_format if layout.pattern else ''}; they "

@@ -25,6 +25,7 @@ from pydantic import (
     PrivateAttr,
     SecretBytes,
     Strict,
+    StrictBool,
     ValidationInfo,
     WithJsonSchema,
     field_validator,
@@ -317,7 +318,7 @@ class Rule(_Model):
     isolate: IsolateOptions | None = None
     on_erasure: Literal["delete", "anonymize", "isolate", "keep"] | None = None
     legal_basis: str | None = None
-    prune_empty_dirs: bool = False  # files: remove directories a delete leaves empty
+    prune_empty_dirs: StrictBool = False  # files: remove directories a delete leaves empty
     subject_tag: str | None = None  # s3: the object tag holding the subject id
     versions: Literal["all", "current"] = "all"  # s3: what a disposal removes
 

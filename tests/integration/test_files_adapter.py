@@ -543,6 +543,8 @@ def test_a_file_that_cannot_be_removed_fails_alone(ws: Any, store: Store,
     ({"path": ".retentiond-isolated/**"},
      "rules[0] (old-uploads).path: .retentiond-isolated holds isolated files; no rule may "
      "read it"),
+    ({"prune_empty_dirs": "yes"},
+     "rules[0] (old-uploads).prune_empty_dirs: expected true or false, got a string 'yes'"),
     ({"path": None},
      "rules[0] (old-uploads).path: required for the files adapter: a glob relative to the "
      "store's root, like invoices/**/*.pdf"),

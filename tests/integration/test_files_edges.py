@@ -147,3 +147,34 @@ def test_an_unreadable_directory_never_settles_an_intent(ws: Any, tmp_path: Path
     refs = [r for e in ledger(ws.root / "state.db", "dispose") for r in e["record_refs"]]
     assert sorted(refs) == sorted(record_ref(ws.secret, "s", rule["path"], k)
                                   for k in ("users/u1/a.pdf", "users/u2/b.pdf"))
+
+
+def test_a_hard_linked_file_is_never_counted_disposed(ws: Any, tmp_path: Path) -> None:
+    """A due file with a second name (a hard link from outside the root): unlinking or moving
+    this name would leave the person's data in place under the other, so the record fails
+    (reason named), both names stay, nothing is ledgered; once the other name is gone, the
+    next sweep disposes of it."""
+    root = tmp_path / "root"
+    put(root, "users/u1/a.pdf")
+    put(root, "users/u2/b.pdf")
+    outside = tmp_path / "copy.pdf"
+    os.link(root / "users/u1/a.pdf", outside)
+    for action in ("delete", "isolate"):
+        rule = {"id": "r", "store": "s", "path": "users/{subject}/*.pdf",
+                "dispose_after": "90d", "action": action,
+                **({"isolate": {"for": "1y"}} if action == "isolate" else {})}
+        ws.policy({"s": {"adapter": "files", "root": str(root)}}, [rule])
+        run = ws.invoke("run", "--json")
+        assert run.code == 1, run.out + run.err
+        [got] = run.json()["rules"]
+        assert (got["due"], got["done"], got["failed"]) == (1 if action == "isolate" else 2,
+                                                           0 if action == "isolate" else 1, 1)
+        assert got["error"] == "1 record failed: hard-linked (the data has another name)"
+        assert (root / "users/u1/a.pdf").read_bytes() == outside.read_bytes() == b"scan"
+        assert not (root / "users/u2/b.pdf").exists()
+    disposed = [r for e in ledger(ws.root / "state.db", "dispose") for r in e["record_refs"]]
+    assert disposed == [record_ref(ws.secret, "s", "users/{subject}/*.pdf", "users/u2/b.pdf")]
+    outside.unlink()
+    run = ws.invoke("run", "--json")
+    assert run.code == 0, run.err
+    assert not (root / "users/u1/a.pdf").exists()

@@ -127,3 +127,20 @@ def test_a_refused_key_is_never_ledgered(ws: Any, plain: Bucket, key: str) -> No
     assert key in live(plain) and "k/other" not in live(plain)
     assert ledgered(ws) == Counter(refs(ws, ["k/other"], "k/"))
     assert run.json()["rules"][0]["failed"] == 1
+
+
+def test_a_prefix_without_a_slash_is_warned_about(ws: Any, plain: Bucket) -> None:
+    """``prefix: inv`` also selects ``inv-old/...``: plan selects it and warns (a prefix such
+    as ``logs/2019-`` is legitimate, so it is a warning, not a refusal); ``inv/`` does not."""
+    plain.put({"inv/a.pdf": OLD, "inv-old/b.pdf": OLD})
+    setup_policy(ws, plain, [{"id": "inv", "store": "media", "prefix": "inv",
+                              "dispose_after": "1y"}])
+    [got] = ok(ws.invoke("plan", "--json"))["rules"]
+    assert got["due"] == 2
+    assert got["warnings"] == [
+        "rules[0] (inv).prefix: inv does not end in /: it also selects keys that merely begin "
+        "with it (inv-old/..., inv2/...); end it with / to select one folder"]
+    setup_policy(ws, plain, [{"id": "inv", "store": "media", "prefix": "inv/",
+                              "dispose_after": "1y"}])
+    [got] = ok(ws.invoke("plan", "--json"))["rules"]
+    assert (got["due"], got.get("warnings", [])) == (1, [])
