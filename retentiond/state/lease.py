@@ -246,18 +246,20 @@ class LeaseGroup:
         self.holder = holder_id()
         self.leases = [SweepLease(engine, timings, self.holder, name=n)
                        for n in sorted(set(names))]
+        self._waiting: list[SweepLease] = []
 
     def held(self) -> bool:
         return all(lease.held() for lease in self.leases)
 
     def tick(self) -> bool:
-        """Renew the leases held, try the others; whether all are held now."""
-        for lease in self.leases:
-            lease.tick()
-        return self.held()
+        """Renew the leases held, try the others; whether this tick holds them all."""
+        self._waiting = [lease for lease in self.leases
+                         if lease.tick() not in ("acquired", "taken over", "renewed")]
+        return not self._waiting
 
     def waiting_on(self) -> SweepLease:
-        return next(lease for lease in self.leases if not lease.held())
+        """The first lease the last tick could not take."""
+        return self._waiting[0]
 
     def release(self) -> None:
         for lease in self.leases:
