@@ -137,11 +137,23 @@ def test_an_unreachable_store_does_not_stop_the_other_worker(ws: Any) -> None:
     assert ids(url, "events") == set(range(DUE + 1, ROWS + 1))
 
 
-@pytest.mark.parametrize("value", [0, 33, "2", 1.5])
-def test_workers_is_validated(ws: Any, value: Any) -> None:
+@pytest.mark.parametrize(("value", "message"), [
+    (0, "must be greater than or equal to 1, got a number 0"),
+    (33, "must be less than or equal to 32, got a number 33"),
+    ("2", "expected a whole number, got a string '2'"),
+    (1.5, "expected a whole number, got a number 1.5")])
+def test_workers_is_validated(ws: Any, value: Any, message: str) -> None:
     ws.policy({"a": {"adapter": "sql", "url": f"sqlite:///{ws.root / 'a.db'}"}}, [],
               workers=value)
     res = ws.invoke("config", "validate")
     assert res.code == 2
-    [line] = error_lines(res.err)
-    assert line.startswith("error: workers: "), line
+    assert error_lines(res.err) == [f"error: workers: {message}"]
+
+
+def test_workers_within_bounds_is_accepted(ws: Any) -> None:
+    make_store(f"sqlite:///{ws.root / 'a.db'}", ("events",))
+    for value in (1, 32):
+        ws.policy({"a": {"adapter": "sql", "url": f"sqlite:///{ws.root / 'a.db'}"}}, [],
+                  workers=value)
+        res = ws.invoke("config", "validate")
+        assert res.code == 0, res.err
