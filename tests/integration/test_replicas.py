@@ -212,3 +212,59 @@ def test_two_replicas_share_four_stores_and_fail_over(ws: Any, pg_db: Any,
     assert max(refs.values()) == 1  # every disposed record ledgered exactly once
     verify = ws.invoke("audit", "verify")
     assert verify.code == 0, verify.err
+
+
+# -- the fair share, in process, with a clock the test moves ------------------------------------
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_fair_share_rebalance_and_failover_on_one_clock(tmp_path: Path) -> None:
+    from retentiond.state.db import open_state
+    from retentiond.state.lease import Timings
+    from retentiond.state.replicas import Replica, read_all
+
+    engine = open_state(f"sqlite:///{tmp_path / 'state.db'}")
+    clock, timings = Clock(), Timings(ttl=30, renew=10)
+    a = Replica(engine, timings, STORES, "far-a.example:1:a", clock)
+    b = Replica(engine, timings, STORES, "far-b.example:2:b", clock)
+    try:
+        assert a.tick() == dict.fromkeys(STORES, "acquired")  # alone: all four
+        assert b.tick() == dict.fromkeys(STORES, "standby")  # a counts, b's share is 2
+        assert (b.live, b.share) == (2, 2)
+        assert a.claim() == list(STORES)  # a sweeps all four: nothing released meanwhile
+        clock.now += 5
+        assert a.tick() == dict.fromkeys(STORES, "renewed")
+        a.done(STORES)
+        clock.now += 5
+        assert a.tick() == {"s1": "renewed", "s2": "renewed", "s3": "released",
+                            "s4": "released"}
+        assert b.tick() == {"s1": "standby", "s2": "standby", "s3": "acquired",
+                            "s4": "acquired"}
+        doc = read_all(engine, STORES)
+        assert {s: v["holder"][:5] for s, v in doc["stores"].items()} == {
+            "s1": "far-a", "s2": "far-a", "s3": "far-b", "s4": "far-b"}
+        assert doc["replicas"] == ["far-a.example:1:a", "far-b.example:2:b"]
+        # a goes silent (another host: judged by the TTL on b's clock)
+        clock.now += 10
+        assert b.tick() == {"s1": "standby", "s2": "standby", "s3": "renewed",
+                            "s4": "renewed"}
+        clock.now += 9.9
+        assert (a.held("s1"), b.tick()["s1"]) == (True, "standby")
+        clock.now += 0.1
+        assert a.held("s1") is False  # a stops trusting its leases (ttl - renew) ...
+        clock.now += 9.9
+        assert b.tick()["s1"] == "standby"
+        clock.now += 0.1  # ... before b takes them over (same version for the ttl)
+        assert b.tick() == {"s1": "taken over", "s2": "taken over", "s3": "renewed",
+                            "s4": "renewed"}
+        assert (b.live, b.share) == (1, 4)
+        assert read_all(engine, STORES)["replicas"] == ["far-b.example:2:b"]
+        b.stop()
+        assert read_all(engine, STORES) == {"stores": dict.fromkeys(STORES), "replicas": []}
+    finally:
+        engine.dispose()
