@@ -135,12 +135,16 @@ def settle_served(engine: Engine, request: OpenRequest, outcome: dict[str, Any],
                   rules: list[str]) -> str | None:
     """Merge one sweep's outcome (some of the request's ``rules``) into the stored one and
     close the request when every rule is now served cleanly: each has an entry and none is
-    ``held``, ``blocked`` or ``failed``. The request row is locked for the read-merge-write
-    (PostgreSQL ``FOR UPDATE``; SQLite has one writer), so two replicas finishing at once
-    neither lose an outcome nor close it twice. Returns ``done``/``partial`` when it closed."""
+    ``held``, ``blocked`` or ``failed``. The request row is locked for the read-merge-write,
+    so two replicas finishing at once neither lose an outcome nor close it twice. Returns
+    ``done``/``partial`` when it closed it."""
     with engine.begin() as conn:
+        # A write first locks the row (PostgreSQL) or the database (SQLite, which would refuse
+        # a transaction that read before another process wrote): as the ledger head does.
+        conn.execute(update(requests_t).where(requests_t.c.id == request.id).values(
+            outcome=requests_t.c.outcome))
         row = conn.execute(select(requests_t.c.status, requests_t.c.outcome).where(
-            requests_t.c.id == request.id).with_for_update()).first()
+            requests_t.c.id == request.id)).first()
         if row is None or row.status != "open":
             return None
         whole = merge_outcome(_parse(row.outcome), outcome)
