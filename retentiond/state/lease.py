@@ -19,8 +19,9 @@ two replicas can never both win it.
   successful renewal, so it stops sweeping (after the batch in flight) before anyone else may
   start, even when the state database is unreachable.
 
-``retentiond run`` (and ``backup restored``) take the same lease for the length of their work
-(:func:`one_shot`), so the timer, a manual run and the daemon never sweep at once. A one-shot
+``retentiond run`` (and ``backup restored``) take the leases of the stores they sweep for the
+length of their work (:func:`one_shot`), so the timer, a manual run and the daemon never sweep
+one store at once. A one-shot
 command refuses (exit 3) once it knows the holder is alive (a live process on this machine, or
 a renewal seen) and ``--wait`` seconds have passed; a holder that stays silent is taken over
 after the TTL, as a replica would.
