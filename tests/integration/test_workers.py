@@ -95,6 +95,10 @@ def test_two_workers_sweep_two_stores_at_once(ws: Any, meeting: type[MeetingSql]
     ws.policy({s: {"adapter": "meetingsql", "url": u} for s, u in urls.items()}, RULES,
               batch_size=4, workers=2)  # a SQLite state database: its writers take turns
 
+    plan = ws.invoke("plan", "--json")  # a dry run goes through the same workers
+    assert plan.code == 0, plan.err
+    assert [(r["rule"], r["due"]) for r in plan.json()["rules"]] == [
+        ("a-events", DUE), ("b-events", DUE), ("a-notes", DUE)]
     res = ws.invoke("run", "--json")
     assert res.code == 0, res.err
     doc = res.json()
