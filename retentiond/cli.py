@@ -128,13 +128,13 @@ def plan_cmd(ctx: click.Context, rules: tuple[str, ...], as_of: str | None,
 @click.option("--dry-run", is_flag=True, help="Same as plan.")
 @click.option("--rule", "rules", multiple=True, metavar="ID", help="Only this rule (repeatable).")
 @click.option("--wait", "wait", type=click.FloatRange(min=0, max=86400), default=0.0,
-              metavar="SECONDS", help="Wait this long for the sweep lease while another "
-              "sweeper holds it (default 0: refuse at once, exit 3).")
+              metavar="SECONDS", help="Wait this long for its stores' leases while another "
+              "sweeper holds one (default 0: refuse at once, exit 3).")
 @json_option
 @click.pass_context
 def run_cmd(ctx: click.Context, dry_run: bool, rules: tuple[str, ...], wait: float,
             json_flag: bool) -> None:
-    """One sweep now (holding the daemon's sweep lease)."""
+    """One sweep now (holding the leases of its stores)."""
     from retentiond.commands import run
 
     ctx.exit(run.run(_app(ctx, json_flag), rules, dry_run, wait))

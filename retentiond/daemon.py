@@ -1,17 +1,20 @@
 """``retentiond serve``: scheduled sweeps under systemd (SPEC section 8).
 
 Threads: the main thread waits for signals and pings the watchdog; APScheduler's worker threads
-run the jobs; one lock makes sure two sweeps of this process never overlap, and the lease
-(:mod:`retentiond.state.lease`) that only one replica sweeps at a time.
+run the jobs; one lock makes sure two sweeps of this process never overlap, and the store
+leases (:mod:`retentiond.state.replicas`) that only one replica sweeps a store at a time: a
+sweep covers the stores whose leases this replica holds (all of them when it is alone).
 
 Jobs (in memory; retentiond's own tables hold the state):
 - ``sweep``: the policy's ``schedule`` (cron, in ``timezone``), missed runs coalesced, one hour
   of misfire grace.
 - ``requests``: open erasure requests only, every ``RETENTIOND_REQUEST_INTERVAL`` seconds
   (default 900), so deadlines are met whatever the schedule. Skipped while nothing is open.
-- ``lease``: renews or tries to take the lease every ``RETENTIOND_LEASE_RENEW`` seconds.
-- ``catch-up``: one sweep as soon as this replica holds the lease, after ``--sweep-at-start``
-  or after taking the lease over from a replica that died (its sweep may have been cut short).
+- ``lease``: every ``RETENTIOND_LEASE_RENEW`` seconds, the heartbeat, and the store leases
+  renewed, released beyond the fair share or taken up to it.
+- ``catch-up``: one sweep as soon as this replica holds a store lease, after
+  ``--sweep-at-start`` or after taking a lease over from a replica that died (its sweep may
+  have been cut short).
 
 systemd notify protocol (``NOTIFY_SOCKET``, abstract sockets included): ``READY=1`` once the
 policy is loaded and the state database migrated; ``WATCHDOG=1`` every ``WATCHDOG_USEC / 2``
@@ -48,8 +51,9 @@ from retentiond.metrics import Metrics
 from retentiond.policy import Policy
 from retentiond.state.cases import open_requests
 from retentiond.state.db import make_engine
-from retentiond.state.lease import SweepLease, Timings, seconds
+from retentiond.state.lease import Timings, seconds
 from retentiond.state.models import Run
+from retentiond.state.replicas import Replica
 from retentiond.sweep import SweepReport, sweep
 
 log = get_logger(__name__)
@@ -113,7 +117,8 @@ class Daemon:
         self.notify = Notifier(env.get("NOTIFY_SOCKET"))
         self.watchdog = watchdog_interval(env)
         self.request_interval = seconds(env, "RETENTIOND_REQUEST_INTERVAL", REQUEST_INTERVAL)
-        self.lease = SweepLease(make_engine(app.policy.state), Timings.from_env(env))
+        self.replica = Replica(make_engine(app.policy.state), Timings.from_env(env),
+                               app.policy.stores)
         self.metrics = Metrics(lambda: self.app.state)
         self.cron = cron(app.policy)
         self.scheduler = BackgroundScheduler(timezone=UTC, job_defaults={
@@ -125,7 +130,7 @@ class Daemon:
         self.heartbeat = time.monotonic()
         self.last: tuple[str, SweepReport, datetime] | None = None
         self.last_error: str | None = None
-        self._standby_of: str | None = None
+        self._standby_of: dict[str, str | None] = {}
 
     # -- life cycle ---------------------------------------------------------------------------
     def run(self) -> int:
@@ -135,7 +140,7 @@ class Daemon:
             self._start_jobs()
             self.metrics.serve(self.app.policy.metrics)
             self.notify("READY=1")
-            log.info("serving", holder=self.lease.holder, schedule=self.app.policy.schedule,
+            log.info("serving", holder=self.replica.holder, schedule=self.app.policy.schedule,
                      timezone=self.app.policy.timezone, request_interval=self.request_interval)
             self._status()
             self._loop(wake)
@@ -189,7 +194,7 @@ class Daemon:
         self.metrics.close()
         for app in (*self.retired, self.app):
             app.close()
-        self.lease.engine.dispose()
+        self.replica.engine.dispose()
         signal.set_wakeup_fd(-1)
         self._wsock.close()
         log.info("stopped")
@@ -197,20 +202,23 @@ class Daemon:
 
     def _release_lease(self) -> None:
         try:
-            if self.lease.release():
-                log.info("lease released", holder=self.lease.holder)
+            held = self.replica.held_stores()
+            self.replica.stop()
+            if held:
+                log.info("lease released", holder=self.replica.holder, stores=held)
         except Exception as exc:  # the others take over after the TTL anyway
             log.warning("lease release failed", error=type(exc).__name__)
 
     def healthy(self) -> bool:
         """The scheduler runs and has run the lease job recently."""
-        limit = max(3 * self.lease.timings.renew, 60.0)
+        limit = max(3 * self.replica.timings.renew, 60.0)
         return self.scheduler.running and time.monotonic() - self.heartbeat < limit
 
     # -- jobs ---------------------------------------------------------------------------------
     def _start_jobs(self) -> None:
         s = self.scheduler
-        s.add_job(self._lease_job, IntervalTrigger(seconds=self.lease.timings.renew), id="lease")
+        s.add_job(self._lease_job, IntervalTrigger(seconds=self.replica.timings.renew),
+                  id="lease")
         s.add_job(self._sweep_job, self.cron, id="sweep", args=["scheduled"])
         s.add_job(self._sweep_job, IntervalTrigger(seconds=self.request_interval),
                   id="requests", args=["requests"])
@@ -218,26 +226,34 @@ class Daemon:
 
     def _lease_job(self) -> None:
         try:
-            outcome = self.lease.tick()
-        except Exception as exc:  # the lease lapses by itself; retried next tick
+            outcomes = self.replica.tick()
+        except Exception as exc:  # the leases lapse by themselves; retried next tick
             log.warning("lease check failed", error=type(exc).__name__)
-            outcome = "error"
+            outcomes = {}
         finally:
             self.heartbeat = time.monotonic()
-        self._on_lease(outcome)
+        self._on_lease(outcomes)
 
-    def _on_lease(self, outcome: str) -> None:
-        held = self.lease.held()
+    def _on_lease(self, outcomes: dict[str, str]) -> None:
+        held = bool(self.replica.held_stores())
         self.metrics.lease_held.set(1 if held else 0)
-        if outcome in ("acquired", "taken over", "lost"):
-            log.info(f"lease {outcome}", holder=self.lease.holder)
-            self._standby_of = None
+        changed = False
+        for store, outcome in outcomes.items():
+            other = self.replica.leases[store].other if store in self.replica.leases else None
+            if outcome in ("acquired", "taken over", "lost", "released"):
+                log.info(f"lease {outcome}", holder=self.replica.holder, store=store,
+                         share=self.replica.share, replicas=self.replica.live)
+                self._standby_of.pop(store, None)
+                changed = True
+            elif (outcome == "standby" and other is not None
+                  and other != self._standby_of.get(store)):
+                self._standby_of[store] = other
+                log.info("standby", store=store, lease_holder=other)
+                changed = True
+        if changed:
             self._status()
-        elif outcome == "standby" and self.lease.other != self._standby_of:
-            self._standby_of = self.lease.other
-            log.info("standby", lease_holder=self.lease.other)
-            self._status()
-        if outcome == "taken over" or (outcome == "acquired" and self._unfinished()):
+        taken = set(outcomes.values())
+        if "taken over" in taken or ("acquired" in taken and self._unfinished()):
             self.catch_up = True  # finish what a dead or stopped holder left undone
         if held and self.catch_up and not self.stopping:
             self.catch_up = False
@@ -249,12 +265,12 @@ class Daemon:
         ``running``, or already found ``crashed`` by another sweep)."""
         q = (sa.select(runs_t.c.status).where(runs_t.c.dry_run.is_(False))
              .order_by(runs_t.c.started_at.desc()).limit(1))
-        with self.lease.engine.connect() as conn:
+        with self.replica.engine.connect() as conn:
             return conn.execute(q).scalar() in ("running", "interrupted", "crashed")
 
     def _sweep_job(self, kind: str) -> None:
         time_based = kind != "requests"
-        if self.stopping or not self.lease.held():
+        if self.stopping or not self.replica.held_stores():
             log.debug("sweep skipped", kind=kind, reason="stopping" if self.stopping
                       else "standby")
             return
@@ -272,8 +288,17 @@ class Daemon:
             if not time_based and not open_requests(app.state):
                 return
             log.info("sweep started", kind=kind)
-            report = sweep(app, dry_run=False, should_stop=self.should_stop,
-                           time_based=time_based, holder=self.lease.holder)
+            stores = self.replica.claim()
+            try:
+                # Alone (all stores held) exactly the sweep of a single daemon; otherwise only
+                # the stores held, each stopping after its batch in flight if its lease lapses.
+                report = sweep(app, dry_run=False, should_stop=self.should_stop,
+                               time_based=time_based, holder=self.replica.holder,
+                               stores=None if set(stores) >= set(app.policy.stores)
+                               else stores,
+                               store_stop=lambda store: not self.replica.held(store))
+            finally:
+                self.replica.done(stores)
         except Exception as exc:  # the daemon outlives a failed sweep
             self.last_error = str(exc) if isinstance(exc, RetentiondError) else type(exc).__name__
             log.error("sweep failed", kind=kind, error=self.last_error)
@@ -288,7 +313,7 @@ class Daemon:
         self._status()
 
     def should_stop(self) -> bool:
-        return self.stopping or not self.lease.held()
+        return self.stopping
 
     # -- reload -------------------------------------------------------------------------------
     def _reload(self) -> None:
@@ -308,6 +333,7 @@ class Daemon:
         old, self.app = self.app, fresh
         self.cron = cron(fresh.policy)
         self.scheduler.reschedule_job("sweep", trigger=self.cron)
+        self.replica.set_stores(fresh.policy.stores)
         self.metrics.serve(fresh.policy.metrics)
         self._retire(old)
         log.info("policy reloaded", digest=fresh.policy.digest[:16],
@@ -341,8 +367,11 @@ class Daemon:
         self.notify(f"STATUS={self.status_text(note)}")
 
     def status_text(self, note: str | None = None) -> str:
-        role = "active" if self.lease.held() else (
-            f"standby (lease held by {self.lease.other})" if self.lease.other else "standby")
+        held = self.replica.held_stores()
+        others = sorted({o for o in self._standby_of.values() if o})
+        role = (f"active (stores {', '.join(held)})" if held and len(held) < len(
+            self.replica.leases) else "active" if held else
+            f"standby (lease held by {', '.join(others)})" if others else "standby")
         parts = [role]
         if self.last_error is not None:
             parts.append(f"last sweep failed: {self.last_error}")

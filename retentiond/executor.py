@@ -13,7 +13,8 @@ disposed record is in the ledger exactly once.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -113,8 +114,12 @@ Step = Callable[[Selection], "Outcome | None"]
 
 class Executor:
     def __init__(self, policy: Policy, state: Engine, adapters: dict[str, Adapter],
-                 run_id: str, should_stop: Callable[[], bool] = lambda: False) -> None:
+                 run_id: str, should_stop: Callable[[], bool] = lambda: False, *,
+                 lock: AbstractContextManager[Any] | None = None) -> None:
         self.policy = policy
+        # held around every state-database write: the executors of one sweep's stores share
+        # one on SQLite (:func:`retentiond.sweep.state_lock`)
+        self.lock = lock if lock is not None else nullcontext()
         self.state = state
         self.adapters = adapters
         self.run_id = run_id
@@ -305,7 +310,7 @@ class Executor:
 
     def _intent(self, sel: Selection, refs: Sequence[str], encoded: str | None = None) -> int:
         rule = sel.rule
-        with self.state.begin() as conn:
+        with self.lock, self.state.begin() as conn:
             res = conn.execute(insert(pending_t).values(
                 created_at=datetime.now(UTC), run_id=self.run_id, rule=rule.id,
                 store=rule.store, target=rule.target, action=sel.action, reason=sel.reason,
@@ -340,7 +345,7 @@ class Executor:
                              store=rule.store, target=rule.target, action=sel.action,
                              reason=sel.reason, record_refs=refs, subject_ref=sel.subject_ref,
                              detail=detail, refs_json=encoded)
-        with self.state.begin() as conn:
+        with self.lock, self.state.begin() as conn:
             if not claim(conn, intent):
                 # Another sweep's reconciliation settled the intent, ledgering what was gone
                 # when it looked; this sweep ledgers the rest of what it disposed.
@@ -352,8 +357,9 @@ class Executor:
                 ledger.append(conn, [draft])
 
     # -- crash recovery -----------------------------------------------------------------------
-    def reconcile(self) -> int:
-        """Ledger the records of intents left by a crash that are gone from their store."""
+    def reconcile(self, stores: Collection[str] | None = None) -> int:
+        """Ledger the records of intents left by a crash that are gone from their store (of
+        ``stores`` only, when given: other replicas reconcile theirs)."""
         with self.state.connect() as conn:
             live = select(runs_t.c.id).where(runs_t.c.status == "running",
                                              runs_t.c.id != self.run_id)
@@ -361,6 +367,8 @@ class Executor:
                                 .order_by(pending_t.c.id)).all()
         settled = 0
         for row in rows:
+            if stores is not None and row.store not in stores:
+                continue
             adapter = self.adapters.get(row.store)
             rule = next((r for r in self.policy.rules if r.id == row.rule), None)
             if adapter is None or rule is None:
@@ -375,7 +383,7 @@ class Executor:
                                  reason=row.reason, record_refs=gone, subject_ref=row.subject_ref,
                                  detail={**json.loads(row.detail), "count": len(gone),
                                          "reconciled": True, "intent": row.id})
-            with self.state.begin() as conn:
+            with self.lock, self.state.begin() as conn:
                 if not claim(conn, row.id):
                     continue  # another sweep settled it first
                 if gone:

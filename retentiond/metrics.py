@@ -15,7 +15,7 @@ current values.
     retentiond_last_success_timestamp_seconds  end of the last sweep that finished ok
     retentiond_requests_open / _overdue        erasure requests open, and open past due
     retentiond_holds_active                    legal holds in force
-    retentiond_lease_held                      1 on the replica that may sweep
+    retentiond_lease_held                      1 while this replica holds a store lease
     retentiond_state_up                        0 when the state database could not be read
     process_*                                  the process's CPU, memory and file descriptors
 """
@@ -99,7 +99,7 @@ class Metrics:
                              "Records the last sweep found due but could not dispose: blocked "
                              "by a RESTRICT foreign key or an Object Lock", ["rule"],
                              registry=self.registry)
-        self.lease_held = Gauge("retentiond_lease_held", "1 if this replica may sweep",
+        self.lease_held = Gauge("retentiond_lease_held", "1 while this replica holds a store lease",
                                 registry=self.registry)
         self.registry.register(StateCollector(engine))
         ProcessCollector(registry=self.registry)  # process_resident_memory_bytes and friends

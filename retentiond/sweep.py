@@ -9,14 +9,17 @@ settles the requests it served.
 from __future__ import annotations
 
 import json
+import threading
 import traceback
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, cast
 
 from sqlalchemy import Table, insert, select, update
+from sqlalchemy.engine import Engine
 from sqlalchemy.exc import NoSuchTableError
 
 from retentiond import planner
@@ -38,6 +41,7 @@ from retentiond.state import faults, runs
 from retentiond.state.cases import open_requests, read_holds
 from retentiond.state.lease import holder_id
 from retentiond.state.models import Pending, Run
+from retentiond.storework import RuleFn, StoreWork
 
 log = get_logger(__name__)
 runs_t = cast(Table, Run.__table__)
@@ -86,12 +90,20 @@ def choose_rules(app: App, rule_ids: Sequence[str]) -> list[Rule]:
 
 def sweep(app: App, *, dry_run: bool, rule_ids: Sequence[str] = (),
           as_of: datetime | None = None, should_stop: Callable[[], bool] = lambda: False,
-          time_based: bool = True, holder: str | None = None) -> SweepReport:
+          time_based: bool = True, holder: str | None = None,
+          stores: Collection[str] | None = None,
+          store_stop: Callable[[str], bool] = lambda _: False) -> SweepReport:
     """One sweep. ``time_based=False`` serves only open erasure requests (the daemon's
     frequent request pass). ``holder`` names this process in the run row (the daemon passes
-    its lease holder id); runs left ``running`` by dead processes are marked crashed first."""
+    its lease holder id); runs left ``running`` by dead processes are marked crashed first.
+    ``stores`` limits the sweep to the rules of these stores (a replica sweeps the stores
+    whose leases it holds); ``store_stop(store)`` stops one store after its batch in flight
+    (its lease was lost), ``should_stop()`` all of them. Stores are swept by up to
+    ``policy.workers`` threads (:mod:`retentiond.storework`)."""
     policy = app.policy
     rules = choose_rules(app, rule_ids)
+    if stores is not None:
+        rules = [r for r in rules if r.store in stores]
     if as_of is not None and not dry_run:
         raise UsageError("--as-of is only for plan (a dry run); a real sweep runs now")
     now = (as_of or datetime.now(UTC)).astimezone(UTC)
@@ -106,24 +118,48 @@ def sweep(app: App, *, dry_run: bool, rule_ids: Sequence[str] = (),
                                            as_of=now, dry_run=dry_run, status="running",
                                            policy_digest=policy.digest,
                                            holder=holder or holder_id()))
-    executor = None
+    lock = state_lock(state, policy.workers)
     if not dry_run:
-        executor = Executor(policy, state, {}, report.run_id, should_stop)
         _record_policy_change(app, report.run_id)
-        _reconcile(app, executor)
+        _reconcile(app, Executor(policy, state, {}, report.run_id, should_stop, lock=lock),
+                   stores)
     sit = planner.Situation(now, policy.tz, policy.rules, read_holds(state),
                             tuple(open_requests(state)))
     tracker = RequestTracker(sit.requests, policy.rules)
     rules = _in_fk_order(app, rules, report)
-    for rule in rules:
+
+    def executor_for(store: str, stop: Callable[[], bool]) -> Executor:
+        return Executor(policy, state, {}, report.run_id, stop, lock=lock)
+
+    work = StoreWork(_one_rule(app, sit, tracker, report), None if dry_run else executor_for,
+                     should_stop, store_stop)
+    report.rules = work.run(rules, policy.workers)
+    report.unreachable = work.first_unreachable(rules)
+    report.stopped = work.stopped
+    if not dry_run and not rule_ids and not report.stopped:
+        if stores is None:
+            tracker.settle(state, report.run_id)
+        else:  # other replicas sweep the other stores: close only what every rule served
+            tracker.settle_served(state, report.run_id, {r.id for r in rules})
+    report.requests = tracker.as_json(now)
+    _finish(app, report)
+    return report
+
+
+def _one_rule(app: App, sit: planner.Situation, tracker: RequestTracker,
+              report: SweepReport) -> RuleFn:
+    """Sweep one rule with its store's executor (None: a dry run); never raises for a failing
+    rule or store, only when the state database is gone."""
+
+    def one(rule: Rule, executor: Executor | None) -> tuple[RuleResult, str | None]:
         result = RuleResult(rule.id, rule.store, rule.target, rule.action,
                             strategies=_strategies(rule))
-        report.rules.append(result)
+        unreachable = None
         try:
-            _sweep_rule(app, planner.plan_rule(rule, sit, time_based=time_based), result,
-                        executor, tracker)
+            _sweep_rule(app, planner.plan_rule(rule, sit, time_based=report.time_based),
+                        result, executor, tracker)
         except StoreUnreachable as exc:
-            report.unreachable = report.unreachable or str(exc)
+            unreachable = str(exc)
             _rule_failed(result, exc, tracker, rule)
         except StateUnreachable:
             raise
@@ -135,18 +171,23 @@ def sweep(app: App, *, dry_run: bool, rule_ids: Sequence[str] = (),
             _rule_failed(result, RetentiondError(_unexpected(rule, exc, app.debug)), tracker,
                          rule)
         log.info("rule swept", run_id=report.run_id, rule=rule.id, store=rule.store,
-                 action=rule.action, dry_run=dry_run, due=result.due, held=result.held,
+                 action=rule.action, dry_run=report.dry_run, due=result.due, held=result.held,
                  kept=result.kept, done=result.done, failed=result.failed,
                  null_clock=result.null_clock, bad_clock=result.bad_clock, purged=result.purged,
                  **({"error": result.error} if result.error else {}))
-        if executor is not None and executor.stopped:
-            report.stopped = True
-            break
-    if executor is not None and not rule_ids and not report.stopped:
-        tracker.settle(state, report.run_id)
-    report.requests = tracker.as_json(now)
-    _finish(app, report)
-    return report
+        return result, unreachable
+
+    return one
+
+
+def state_lock(state: Engine, workers: int) -> AbstractContextManager[Any]:
+    """What the executors of one sweep hold around their state-database writes: SQLite lets
+    one writer in at a time, and a transaction that read before it wrote fails at once
+    ("database is locked") instead of waiting, so a sweep with several workers takes turns
+    in-process. PostgreSQL needs nothing (``ledger.append`` locks the head row)."""
+    if workers > 1 and state.dialect.name == "sqlite":
+        return threading.Lock()
+    return nullcontext()
 
 
 def _in_fk_order(app: App, rules: list[Rule], report: SweepReport) -> list[Rule]:
@@ -342,9 +383,13 @@ def _rule_failed(result: RuleResult, exc: RetentiondError, tracker: RequestTrack
     tracker.failed(rule)
 
 
-def _reconcile(app: App, executor: Executor) -> None:
+def _reconcile(app: App, executor: Executor, only: Collection[str] | None) -> None:
+    """Ledger what crashed sweeps disposed, for the stores this sweep covers (``only``; all
+    when None): another replica reconciles its own stores."""
     with app.state.connect() as conn:
         stores = set(conn.execute(select(pending_t.c.store).distinct()).scalars())
+    if only is not None:
+        stores &= set(only)
     for name in stores:
         if name in app.policy.stores:
             try:
@@ -352,7 +397,7 @@ def _reconcile(app: App, executor: Executor) -> None:
             except StoreUnreachable as exc:
                 log.warning("cannot reconcile yet", store=name, error=str(exc))
     if stores:
-        executor.reconcile()
+        executor.reconcile(only)
 
 
 def _record_policy_change(app: App, run_id: str) -> None:

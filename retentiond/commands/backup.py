@@ -41,8 +41,9 @@ def restored(app: App, store: str, taken_at: str) -> int:
         since = parse_instant(taken_at, policy.tz)
     except ValueError:
         raise UsageError(f"--taken-at {taken_at!r}: not an ISO 8601 instant") from None
-    # A replay disposes records: it holds the sweep lease, as `run` does.
-    with lease.one_shot(app.state, lease.Timings.from_env(os.environ), wait=0) as held:
+    # A replay disposes records: it holds the store's lease, as `run` does.
+    with lease.one_shot(app.state, lease.Timings.from_env(os.environ), wait=0,
+                        names=[lease.store_lease(store)]) as held:
         groups = _disposals_since(app, store, since.isoformat(timespec="microseconds"))
         adapter = app.adapter(store)  # unreachable: exit 3 before a run row is written
         run_id = uuid.uuid4().hex
@@ -76,7 +77,7 @@ def restored(app: App, store: str, taken_at: str) -> int:
         output.table(f"Re-applied in store {store} since {since.isoformat(timespec='seconds')}",
                      ("rule", "action", "re-applied", "held"),
                      [(r.rule, r.action, r.done, r.held) for r in results], numeric_from=2)
-        verdict = ("stopped early (the sweep lease was lost; run it again)"
+        verdict = ("stopped early (the store's lease was lost; run it again)"
                    if executor.stopped else "complete")
         output.line(f"replay {verdict}: {doc['total']} records disposed again")
     return 1 if executor.stopped else 0

@@ -29,9 +29,12 @@ def run(app: App, rule_ids: Sequence[str], dry_run: bool, wait: float = 0.0) -> 
     if dry_run:
         report = sweep(app, dry_run=True, rule_ids=rule_ids)
     else:
-        choose_rules(app, rule_ids)  # a bad --rule is a usage error before anything is opened
-        # The daemon's lease: the timer, a manual run and `serve` never sweep at once.
-        with lease.one_shot(app.state, lease.Timings.from_env(os.environ), wait=wait) as held:
+        rules = choose_rules(app, rule_ids)  # a bad --rule: usage error before anything opens
+        # The leases of its stores, as `serve` replicas hold them: the timer, a manual run and
+        # the daemon never sweep one store at once.
+        names = [lease.store_lease(s) for s in dict.fromkeys(r.store for r in rules)]
+        with lease.one_shot(app.state, lease.Timings.from_env(os.environ), wait=wait,
+                            names=names) as held:
             report = sweep(app, dry_run=False, rule_ids=rule_ids, holder=held.holder,
                            should_stop=lambda: not held.held())
     _show(app, report)

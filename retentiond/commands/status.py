@@ -1,9 +1,10 @@
 """``status``: the last and next sweep, open and overdue requests, active holds, the ledger
-head and the sweep lease, read from the state database and the policy (no daemon needed)."""
+head and the store leases, read from the state database and the policy (no daemon needed)."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -14,7 +15,7 @@ from retentiond import output
 from retentiond.app import App
 from retentiond.audit import ledger
 from retentiond.audit.problems import rule_problems
-from retentiond.state import lease
+from retentiond.state import replicas
 from retentiond.state.cases import list_holds, list_requests
 from retentiond.state.models import Run
 
@@ -48,8 +49,17 @@ def collect(app: App) -> dict[str, Any]:
                      "overdue_ids": [r["id"] for r in requests if r["overdue"]]},
         "holds": {"active": len(list_holds(engine, active_only=True))},
         "ledger": {"seq": seq, "hash": head_hash},
-        "lease": lease.read(engine),
+        **leases(engine, policy.stores),
     }
+
+
+def leases(engine: Engine, stores: Iterable[str]) -> dict[str, Any]:
+    """``leases``: who holds each store's lease (None: free) and the live ``serve`` replicas'
+    heartbeats; ``lease``: the first store lease held (as before per-store leases, when one
+    holder swept everything), None when no store is held."""
+    doc = replicas.read_all(engine, stores)
+    held = [v for v in doc["stores"].values() if v is not None]
+    return {"lease": held[0] if held else None, "leases": doc}
 
 
 def last_sweep(engine: Engine) -> dict[str, Any] | None:
@@ -89,13 +99,19 @@ def _show(doc: dict[str, Any]) -> None:
     output.line(f"requests: {req['open']} open, {req['overdue']} overdue{overdue}")
     output.line(f"holds: {doc['holds']['active']} active")
     output.line(f"ledger head: seq {doc['ledger']['seq']}, hash {doc['ledger']['hash']}")
-    output.line(_lease_line(doc["lease"]))
+    stores = doc["leases"]["stores"]
+    if not any(stores.values()):
+        output.line("lease: free (no daemon is sweeping)")
+    for store, held in stores.items():
+        output.line(_lease_line(store, held))
+    if doc["leases"]["replicas"]:
+        output.line(f"replicas: {', '.join(doc['leases']['replicas'])}")
 
 
-def _lease_line(held: dict[str, Any] | None) -> str:
+def _lease_line(store: str, held: dict[str, Any] | None) -> str:
     if held is None:
-        return "lease: free (no daemon is sweeping)"
+        return f"lease store:{store}: free"
     until = held["expires_at"] or ""
     stale = until < datetime.now(UTC).isoformat()
-    return (f"lease: held by {held['holder']} until {until[:19]}"
+    return (f"lease store:{store}: held by {held['holder']} until {until[:19]}"
             + (" (expired: its holder stopped renewing)" if stale else ""))

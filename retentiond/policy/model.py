@@ -385,6 +385,7 @@ class Policy(_Model):
     checkpoints: CheckpointsFile | None = None
     schedule: str = "0 3 * * *"
     batch_size: WholeNumber = Field(5000, ge=1, le=100_000)
+    workers: WholeNumber = Field(1, ge=1, le=32)  # stores swept at once by one process
     requests: RequestOptions = Field(default_factory=RequestOptions)
     metrics: MetricsOptions | None = None
     stores: dict[StoreName, Store]

@@ -131,6 +131,46 @@ def complete_request(engine: Engine, request: OpenRequest, outcome: dict[str, An
     return status
 
 
+def settle_served(engine: Engine, request: OpenRequest, outcome: dict[str, Any], run_id: str,
+                  rules: list[str]) -> str | None:
+    """Merge one sweep's outcome (some of the request's ``rules``) into the stored one and
+    close the request when every rule is now served cleanly: each has an entry and none is
+    ``held``, ``blocked`` or ``failed``. The request row is locked for the read-merge-write,
+    so two replicas finishing at once neither lose an outcome nor close it twice. Returns
+    ``done``/``partial`` when it closed it."""
+    with engine.begin() as conn:
+        # A write first locks the row (PostgreSQL) or the database (SQLite, which would refuse
+        # a transaction that read before another process wrote): as the ledger head does.
+        conn.execute(update(requests_t).where(requests_t.c.id == request.id).values(
+            outcome=requests_t.c.outcome))
+        row = conn.execute(select(requests_t.c.status, requests_t.c.outcome).where(
+            requests_t.c.id == request.id)).first()
+        if row is None or row.status != "open":
+            return None
+        whole = merge_outcome(_parse(row.outcome), outcome)
+        if not all(r in whole and not _unsettled(whole[r]) for r in rules):
+            conn.execute(update(requests_t).where(requests_t.c.id == request.id).values(
+                outcome=json.dumps(whole, sort_keys=True)))
+            return None
+        return _close(conn, request, whole, run_id)
+
+
+def _unsettled(entry: dict[str, Any]) -> bool:
+    return bool(entry.get("held") or entry.get("failed") or entry.get("blocked"))
+
+
+def _close(conn: Connection, request: OpenRequest, whole: dict[str, Any], run_id: str) -> str:
+    status = "partial" if any(v.get("kept") for v in whole.values()) else "done"
+    conn.execute(update(requests_t).where(requests_t.c.id == request.id).values(
+        status=status, completed_at=datetime.now(UTC), subject=None,
+        outcome=json.dumps(whole, sort_keys=True)))
+    ledger.append(conn, [ledger.Draft(
+        kind="request", run_id=run_id, reason=f"erasure {status}",
+        subject_ref=request.subject_ref,
+        detail={"request_id": request.id, "status": status, "outcome": whole})])
+    return status
+
+
 def record_progress(engine: Engine, request_id: str, outcome: dict[str, Any]) -> None:
     with engine.begin() as conn:
         whole = merge_outcome(_stored_outcome(conn, request_id), outcome)
@@ -157,8 +197,11 @@ def merge_outcome(stored: dict[str, Any], sweep: dict[str, Any]) -> dict[str, An
 
 
 def _stored_outcome(conn: Connection, request_id: str) -> dict[str, Any]:
-    text = conn.execute(select(requests_t.c.outcome).where(
-        requests_t.c.id == request_id)).scalar()
+    return _parse(conn.execute(select(requests_t.c.outcome).where(
+        requests_t.c.id == request_id)).scalar())
+
+
+def _parse(text: str | None) -> dict[str, Any]:
     try:
         doc = json.loads(text or "{}")
     except ValueError:

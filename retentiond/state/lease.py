@@ -1,8 +1,9 @@
-"""The sweep lease: of several ``retentiond serve`` replicas sharing one state database, exactly
-one sweeps at a time, and another takes over when it dies.
+"""A lease: of several ``retentiond serve`` replicas sharing one state database, exactly one
+sweeps a store at a time, and another takes over when it dies.
 
-One row of the ``lease`` table (``name = "sweep"``) names the holder and carries a version
-that the holder bumps on every renewal. Every write is a compare-and-set on that version, so
+One row of the ``lease`` table per store (``name = "store:<store>"``, :func:`store_lease`) names
+the holder and carries a version that the holder bumps on every renewal (how replicas share the
+stores: :mod:`retentiond.state.replicas`). Every write is a compare-and-set on that version, so
 two replicas can never both win it.
 
 - A free lease (``holder`` NULL, after a clean shutdown) is taken at once.
@@ -18,8 +19,9 @@ two replicas can never both win it.
   successful renewal, so it stops sweeping (after the batch in flight) before anyone else may
   start, even when the state database is unreachable.
 
-``retentiond run`` (and ``backup restored``) take the same lease for the length of their work
-(:func:`one_shot`), so the timer, a manual run and the daemon never sweep at once. A one-shot
+``retentiond run`` (and ``backup restored``) take the leases of the stores they sweep for the
+length of their work (:func:`one_shot`), so the timer, a manual run and the daemon never sweep
+one store at once. A one-shot
 command refuses (exit 3) once it knows the holder is alive (a live process on this machine, or
 a renewal seen) and ``--wait`` seconds have passed; a holder that stays silent is taken over
 after the TTL, as a replica would.
@@ -35,7 +37,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -51,7 +53,19 @@ from retentiond.state.models import Lease
 
 log = get_logger(__name__)
 lease_t = cast(Table, Lease.__table__)
-NAME = "sweep"
+NAME = "sweep"  # the one lease of releases before per-store leases; kept for tests and tools
+STORE = "store:"
+
+
+def store_lease(store: str) -> str:
+    """The lease row of a store (store names are at most 64 characters)."""
+    return STORE + store
+
+
+def describe(name: str) -> str:
+    """How messages name a lease: ``the lease of store app``."""
+    return f"the lease of store {name[len(STORE):]}" if name.startswith(STORE) else \
+        f"the {name} lease"
 
 
 @dataclass(frozen=True)
@@ -145,7 +159,8 @@ def here(holder: str | None) -> bool | None:
 
 class SweepLease:
     def __init__(self, engine: Engine, timings: Timings, holder: str | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, *, name: str = NAME) -> None:
+        self.name = name
         self.engine = engine
         self.timings = timings
         self.holder = holder or holder_id()
@@ -159,14 +174,16 @@ class SweepLease:
     def held(self) -> bool:
         return self._clock() < self._valid_until
 
-    def tick(self) -> str:
+    def tick(self, *, take: bool = True) -> str:
         """Renew or try to take the lease. Returns ``renewed``, ``acquired`` (it was free),
-        ``taken over`` (from a holder that stopped renewing), ``lost`` or ``standby``."""
+        ``taken over`` (from a holder that stopped renewing), ``lost`` or ``standby``. With
+        ``take=False`` a lease that could be taken is only watched (``standby``): a replica
+        at its fair share keeps timing the others' renewals without taking more."""
         start = self._clock()
         was_held = self.held()
         with self.engine.begin() as conn:
-            row = _row(conn)
-            outcome = self._decide(conn, row, start)
+            row = _row(conn, self.name)
+            outcome = self._decide(conn, row, start, take)
         if outcome == "renewed" and not was_held:
             outcome = "acquired"  # ours all along, but we could not renew it for a while
         if outcome in ("renewed", "acquired", "taken over"):
@@ -177,23 +194,27 @@ class SweepLease:
             outcome = "lost"
         return outcome
 
-    def _decide(self, conn: Connection, row: Any, start: float) -> str:
+    def _decide(self, conn: Connection, row: Any, start: float, take: bool) -> str:
         if row.holder == self.holder:
             return "renewed" if self._cas(conn, row.version, acquired=False) else "lost"
         if row.holder is None:
-            return "acquired" if self._cas(conn, row.version, acquired=True) else "standby"
+            if row.holder != self.other:
+                self.other, self.other_alive = None, False
+            return "acquired" if take and self._cas(conn, row.version, acquired=True) \
+                else "standby"
         if row.holder != self.other:
             self.other, self.other_alive = row.holder, False
         local = here(row.holder)
         if local is False:
-            return "taken over" if self._cas(conn, row.version, acquired=True) else "standby"
+            return "taken over" if take and self._cas(conn, row.version, acquired=True) \
+                else "standby"
         if self._seen != (row.holder, row.version):
             self.other_alive = local is True or (self._seen is not None
                                                  and self._seen[0] == row.holder)
             self._seen, self._seen_at = (row.holder, row.version), start
             return "standby"
         self.other_alive = self.other_alive or local is True
-        if start - self._seen_at < self.timings.ttl:
+        if start - self._seen_at < self.timings.ttl or not take:
             return "standby"
         return "taken over" if self._cas(conn, row.version, acquired=True) else "standby"
 
@@ -204,7 +225,7 @@ class SweepLease:
                                   "expires_at": now + timedelta(seconds=self.timings.ttl)}
         if acquired:
             values["acquired_at"] = now
-        res = conn.execute(update(lease_t).where(lease_t.c.name == NAME,
+        res = conn.execute(update(lease_t).where(lease_t.c.name == self.name,
                                                  lease_t.c.version == version).values(**values))
         return res.rowcount == 1
 
@@ -213,66 +234,108 @@ class SweepLease:
         self._valid_until = 0.0
         with self.engine.begin() as conn:
             res = conn.execute(update(lease_t).where(
-                lease_t.c.name == NAME, lease_t.c.holder == self.holder).values(
+                lease_t.c.name == self.name, lease_t.c.holder == self.holder).values(
                 holder=None, version=lease_t.c.version + 1, expires_at=None))
         return res.rowcount == 1
 
 
+class LeaseGroup:
+    """Several leases taken and held together by one holder: a one-shot command's stores.
+    Taken in name order, so two commands never wait on each other crosswise for long."""
+
+    def __init__(self, engine: Engine, timings: Timings, names: Sequence[str]) -> None:
+        self.holder = holder_id()
+        self.leases = [SweepLease(engine, timings, self.holder, name=n)
+                       for n in sorted(set(names))]
+        self._waiting: list[SweepLease] = []
+
+    def held(self) -> bool:
+        return all(lease.held() for lease in self.leases)
+
+    def tick(self) -> bool:
+        """Renew the leases held, try the others; whether this tick holds them all."""
+        self._waiting = [lease for lease in self.leases
+                         if lease.tick() not in ("acquired", "taken over", "renewed")]
+        return not self._waiting
+
+    def waiting_on(self) -> SweepLease:
+        """The first lease the last tick could not take."""
+        return self._waiting[0]
+
+    def release(self) -> None:
+        for lease in self.leases:
+            lease.release()
+
+
 @contextmanager
-def one_shot(engine: Engine, timings: Timings, *, wait: float,
-             sleep: Callable[[float], None] = time.sleep) -> Iterator[SweepLease]:
-    """Hold the sweep lease for one command: take it, renew it every ``timings.renew``
-    seconds in a background thread, release it at the end. While another sweeper holds it:
-    :class:`LeaseBusy` once that sweeper is known to be alive and ``wait`` seconds have
-    passed; a silent holder is taken over after ``timings.ttl``. ``lease.held()`` turns False
-    when renewals fail for too long: the caller stops after the batch in flight."""
-    lease = SweepLease(engine, timings)
+def one_shot(engine: Engine, timings: Timings, *, wait: float, names: Sequence[str] = (NAME,),
+             sleep: Callable[[float], None] = time.sleep) -> Iterator[LeaseGroup]:
+    """Hold the leases ``names`` (a sweep's stores) for one command: take them, renew them
+    every ``timings.renew`` seconds in a background thread, release them at the end. While
+    another sweeper holds one: :class:`LeaseBusy` once that sweeper is known to be alive and
+    ``wait`` seconds have passed; a silent holder is taken over after ``timings.ttl``.
+    ``held()`` turns False when renewals fail for too long: the caller stops after the batch
+    in flight."""
+    group = LeaseGroup(engine, timings, names)
     deadline = time.monotonic() + wait
-    while lease.tick() not in ("acquired", "taken over", "renewed"):
-        if lease.other_alive and time.monotonic() >= deadline:
-            raise LeaseBusy(f"another sweeper holds the sweep lease ({lease.other}) and is "
-                            "alive; it never sweeps beside this one. Retry when it is done "
-                            "(a running daemon holds it while it lives), or wait for it with "
-                            "--wait SECONDS")
-        sleep(timings.renew if lease.other_alive else min(timings.renew, 1.0))
+    try:
+        while not group.tick():
+            lease = group.waiting_on()
+            if lease.other_alive and time.monotonic() >= deadline:
+                raise LeaseBusy(
+                    f"another sweeper holds {describe(lease.name)} ({lease.other}) and is "
+                    "alive; it never sweeps beside this one. Retry when it is done (a running "
+                    "daemon holds it while it lives), or wait for it with --wait SECONDS")
+            sleep(timings.renew if lease.other_alive else min(timings.renew, 1.0))
+    except BaseException:
+        _release(group)  # what was taken meanwhile is free again at once
+        raise
     done = threading.Event()
 
     def renew() -> None:
         while not done.wait(timings.renew):
             try:
-                lease.tick()
+                group.tick()
             except Exception as exc:  # the lease lapses by itself; retried next tick
                 log.warning("lease renewal failed", error=type(exc).__name__)
 
     thread = threading.Thread(target=renew, name="lease-renewal", daemon=True)
     thread.start()
     try:
-        yield lease
+        yield group
     finally:
         done.set()
         thread.join()
-        try:
-            lease.release()
-        except Exception as exc:  # unreleased, it is taken over once it expires
-            log.warning("lease release failed", error=type(exc).__name__)
+        _release(group)
 
 
-def _row(conn: Connection) -> Any:
-    row = conn.execute(select(lease_t).where(lease_t.c.name == NAME)).first()
+def _release(group: LeaseGroup) -> None:
+    try:
+        group.release()
+    except Exception as exc:  # unreleased, it is taken over once it expires
+        log.warning("lease release failed", error=type(exc).__name__)
+
+
+def _row(conn: Connection, name: str) -> Any:
+    row = conn.execute(select(lease_t).where(lease_t.c.name == name)).first()
     if row is not None:
         return row
-    try:  # migrated databases have the row; recreate it if someone deleted it
+    try:  # a store's row is made the first time someone asks for it
         with conn.begin_nested():
-            conn.execute(insert(lease_t).values(name=NAME, holder=None, version=0))
+            conn.execute(insert(lease_t).values(name=name, holder=None, version=0))
     except IntegrityError:
         pass
-    return conn.execute(select(lease_t).where(lease_t.c.name == NAME)).one()
+    return conn.execute(select(lease_t).where(lease_t.c.name == name)).one()
 
 
-def read(engine: Engine) -> dict[str, Any] | None:
-    """The lease as ``status`` shows it (None when nobody holds it)."""
+def read(engine: Engine, name: str = NAME) -> dict[str, Any] | None:
+    """A lease as ``status`` shows it (None when nobody holds it)."""
     with engine.connect() as conn:
-        row = conn.execute(select(lease_t).where(lease_t.c.name == NAME)).first()
+        row = conn.execute(select(lease_t).where(lease_t.c.name == name)).first()
+    return view(row)
+
+
+def view(row: Any) -> dict[str, Any] | None:
     if row is None or row.holder is None:
         return None
     return {"holder": row.holder, "acquired_at": _iso(row.acquired_at),

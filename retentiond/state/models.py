@@ -157,12 +157,13 @@ class Hold(Base):
 
 
 class Lease(Base):
-    """The sweep lease (one row, ``name = "sweep"``): the replica that may sweep, and a version
-    it bumps on every renewal. See :mod:`retentiond.state.lease`."""
+    """Leases: one row per store (``store:<name>``), the replica that may sweep it and a
+    version it bumps on every renewal, and one heartbeat row per ``serve`` replica
+    (``replica:<id>``). See :mod:`retentiond.state.lease` and :mod:`retentiond.state.replicas`."""
 
     __tablename__ = "lease"
 
-    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(80), primary_key=True)
     holder: Mapped[str | None] = mapped_column(String(128), nullable=True)
     version: Mapped[int] = mapped_column(BigInteger)
     acquired_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)

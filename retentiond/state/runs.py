@@ -5,9 +5,10 @@ daemon's lease holder id, or one made for a one-shot ``run`` or ``plan``). When 
 starts, a run still ``running`` is crashed when
 
 - it ran on this host (the holder's host is ours) and its pid is not alive; or
-- it ran on another host and that host cannot still be sweeping for it: the sweep lease is
-  not held by the run's holder (a real run always holds it; when its holder dies, whoever
-  takes the lease over marks the run crashed).
+- it ran on another host and that host cannot still be sweeping for it: no lease row names
+  the run's holder (a real run holds its stores' leases, a ``serve`` replica its heartbeat
+  as well; when its holder dies, whoever takes those over or deletes its stale heartbeat
+  makes the run count as crashed).
 
 A run with no holder (written before the ``holder`` column existed) is judged like a run of
 another host. A pid that was reused by an unrelated process keeps its run ``running`` (the
@@ -19,13 +20,14 @@ of different hosts are never compared. "This host" is :func:`retentiond.state.le
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import cast
 
 from sqlalchemy import Table, select, update
 from sqlalchemy.engine import Engine
 
-from retentiond.state.lease import NAME, here, lease_t
+from retentiond.state.lease import here, lease_t
 from retentiond.state.models import Run
 
 runs_t = cast(Table, Run.__table__)
@@ -40,8 +42,8 @@ def mark_crashed(engine: Engine, *, now: datetime | None = None) -> list[str]:
                                .where(runs_t.c.status == "running")).all()
         if not running:
             return []
-        lease = conn.execute(select(lease_t).where(lease_t.c.name == NAME)).first()
-        crashed = [r.id for r in running if is_crashed(r.holder, lease)]
+        holders = set(conn.execute(select(lease_t.c.holder)).scalars())
+        crashed = [r.id for r in running if is_crashed(r.holder, holders)]
         for run_id in crashed:
             conn.execute(update(runs_t).where(runs_t.c.id == run_id,
                                               runs_t.c.status == "running")
@@ -49,9 +51,9 @@ def mark_crashed(engine: Engine, *, now: datetime | None = None) -> list[str]:
     return crashed
 
 
-def is_crashed(holder: str | None, lease: Any) -> bool:
+def is_crashed(holder: str | None, lease_holders: Collection[str | None]) -> bool:
     """The rule of this module's docstring, for one run."""
     alive = here(holder)
     if alive is not None:
         return not alive
-    return lease is None or lease.holder is None or lease.holder != holder
+    return holder is None or holder not in lease_holders

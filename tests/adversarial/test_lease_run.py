@@ -1,5 +1,6 @@
-"""`retentiond run` takes the daemon's sweep lease: the timer, a manual run and `serve` never
-sweep at once, and two sweeps never ledger one batch twice (issue 8, defect 3)."""
+"""`retentiond run` takes the leases of its stores, as the daemon's replicas hold them: the
+timer, a manual run and `serve` never sweep one store at once, and two sweeps never ledger one
+batch twice (issue 8, defect 3; per-store leases: issue 13)."""
 
 from __future__ import annotations
 
@@ -17,11 +18,12 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from retentiond.state.lease import NAME, this_host
+from retentiond.state.lease import store_lease, this_host
 from tests.conftest import Database, Workspace
 from tests.integration.helpers import error_lines, ledger, person, record_ref, state_exec
 
 HOST = this_host()
+NAME = store_lease("app")  # the lease of the one store these tests sweep
 OLD = datetime(2019, 6, 1, 12, 0, 0)
 FAST_LEASE = {"RETENTIOND_LEASE_TTL": "2", "RETENTIOND_LEASE_RENEW": "0.4"}
 
@@ -52,8 +54,8 @@ def count(engine: sa.Engine) -> int:
 def hold_lease(ws: Workspace, holder: str) -> None:
     """Make the lease row look held by ``holder`` (after the state database exists)."""
     assert ws.invoke("status").code == 0
-    assert state_exec(ws.root / "state.db", "update lease set holder = ?, version = version + 1 "
-                      "where name = ?", holder, NAME) == 1
+    assert state_exec(ws.root / "state.db", "insert into lease (name, holder, version) "
+                      "values (?, ?, 1)", NAME, holder) == 1
 
 
 def test_run_refuses_while_a_live_sweeper_holds_the_lease(ws: Workspace,
@@ -63,7 +65,7 @@ def test_run_refuses_while_a_live_sweeper_holds_the_lease(ws: Workspace,
     res = ws.invoke("run")
     assert res.code == 3
     [line] = error_lines(res.err)
-    assert line == (f"error: another sweeper holds the sweep lease ({HOST}:{os.getpid()}:"
+    assert line == (f"error: another sweeper holds the lease of store app ({HOST}:{os.getpid()}:"
                     "live0001) and is alive; it never sweeps beside this one. Retry when it "
                     "is done (a running daemon holds it while it lives), or wait for it with "
                     "--wait SECONDS")
@@ -261,7 +263,7 @@ def test_backup_restored_refuses_while_a_sweeper_holds_the_lease(
     res = ws.invoke("backup", "restored", "--store", "app", "--taken-at", "2020-01-01")
     assert res.code == 3
     [line] = error_lines(res.err)
-    assert line.startswith("error: another sweeper holds the sweep lease (")
+    assert line.startswith("error: another sweeper holds the lease of store app (")
 
 
 def test_a_replay_that_loses_the_lease_stops_after_the_batch_in_flight(

@@ -409,7 +409,7 @@ def test_replica_takes_over_when_the_holder_is_killed(ws: Any, pg_db: Any) -> No
     ws.policy({"app": {"adapter": "sql", "url": store}}, [ACCOUNTS], state=pg_db.url)
 
     def lease_holder() -> str | None:
-        return select_all(pg_db.url, "select holder from lease")[0][0]
+        return select_all(pg_db.url, "select holder from lease where name = 'store:app'")[0][0]
 
     def runs() -> list[Any]:
         return select_all(pg_db.url, "select id, status, started_at, finished_at from runs "
