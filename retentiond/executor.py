@@ -13,7 +13,7 @@ disposed record is in the ledger exactly once.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -22,9 +22,9 @@ from sqlalchemy import Table, delete, insert, select
 from sqlalchemy.engine import Connection, Engine
 
 from retentiond import planner
-from retentiond.adapters.base import Adapter, Selection, merge_counts
+from retentiond.adapters.base import Adapter, DropDeclined, Selection, merge_counts
 from retentiond.audit import ledger
-from retentiond.errors import RecordsFailed, StoreError, failure_line
+from retentiond.errors import RecordsFailed, StoreError, StoreUnreachable, failure_line
 from retentiond.log import get_logger
 from retentiond.policy.model import Policy, Rule
 from retentiond.state.cases import read_holds
@@ -60,6 +60,8 @@ class RuleResult:
     blocked_by: list[dict[str, Any]] = field(default_factory=list)  # {constraint, table, count}
     # Rows of other tables deleted or rewritten through CASCADE / SET NULL keys.
     cascaded: list[dict[str, Any]] = field(default_factory=list)  # {.., action, count}
+    # partitions: drop: {partition, rows, drop, reason} per partition considered (None: off).
+    partitions: list[dict[str, Any]] | None = None
 
     def records_failed(self, reasons: Mapping[str, int]) -> None:
         """Count records that failed alone (their batch's others were disposed); the rule's
@@ -82,6 +84,8 @@ class RuleResult:
             doc["warnings"] = self.warnings
         if self.strategies:
             doc["strategies"] = self.strategies
+        if self.partitions is not None:
+            doc["partitions"] = self.partitions
         return doc
 
 
@@ -131,11 +135,91 @@ class Executor:
         ``anonymize_next``), else the adapter's scan and a mutator per batch; either way the
         same loop (:meth:`_loop`) re-reads holds before every batch and honours a stop."""
         sel = self._prepare(sel)
+        dropped = 0
+        if sel.rule.partitions == "drop":
+            dropped = self._drop_partitions(sel, result)
+            if self.stopped or self.stopped_by_hold:
+                return dropped
         if sel.action in FAST_ACTIONS:
             done = self._loop(sel, self._fast_step(sel, result))
             if done is not None:
+                return dropped + done
+        return dropped + self._loop_all(sel, self._scan_step(sel, result))
+
+    def _drop_partitions(self, sel: Selection, result: RuleResult) -> int:
+        """``partitions: drop``: each partition the adapter offers is disposed as a unit (see
+        ``adapters/sql_partitions.py``), its records' references written as intents of
+        ``batch_size`` before the store commits and ledgered from them after, exactly as a
+        row sweep's batches; a partition that no longer qualifies under lock, or whose drop
+        fails, is left to the row sweep that follows. Holds are re-read before each
+        partition and again by the adapter once the partition is locked."""
+        rule = sel.rule
+        adapter = self.adapters[rule.store]
+        offered = adapter.partitions(sel)
+        if result.partitions is None:
+            result.partitions = []
+        done = 0
+        for entry in offered:
+            if not entry["drop"]:
+                result.partitions.append(entry)
+                continue
+            current = self.refresh(sel)
+            if current is None:
+                self.stopped_by_hold = True
                 return done
-        return self._loop_all(sel, self._scan_step(sel, result))
+            written: list[int] = []
+
+            def intent(keys: list[Any], current: Selection = current,
+                       written: list[int] = written) -> None:
+                refs = self.refs.records(rule.store, rule.target, keys)
+                written.append(self._intent(current, refs, ledger.refs_json(refs)))
+
+            try:
+                n = adapter.drop_partition(current, entry["partition"], self.policy.batch_size,
+                                           self.refresh, intent)
+            except DropDeclined as exc:
+                result.partitions.append({**entry, "drop": False, "reason": exc.reason})
+                self._settle(written)  # none: it declines before reading keys
+                continue
+            except StoreUnreachable:
+                raise  # the intents stay for the next sweep's reconciliation
+            except StoreError as exc:
+                # Rolled back (or a commit whose outcome is unknown): the store decides.
+                settled = self._settle(written)
+                done += settled
+                result.done += settled
+                reason = f"the drop failed ({exc}); swept row by row"
+                result.partitions.append({**entry, "drop": settled > 0, "reason": reason})
+                log.warning("partition not dropped", rule=rule.id, reason=reason)
+                continue
+            for intent_id in written:
+                self._record_pending(current, intent_id)
+            result.partitions.append({**entry, "rows": n})
+            result.done += n
+            done += n
+            if self.should_stop():
+                self.stopped = True
+                return done
+        return done
+
+    def _record_pending(self, sel: Selection, intent: int) -> None:
+        """Ledger an intent whose records are known disposed, reading its references back
+        from the state database (a dropped partition's refs are never all in memory)."""
+        with self.state.connect() as conn:
+            encoded = conn.execute(select(pending_t.c.record_refs)
+                                   .where(pending_t.c.id == intent)).scalar()
+        if encoded is None:
+            return  # another sweep's reconciliation settled it
+        self._record(sel, intent, json.loads(encoded), encoded)
+
+    def _settle(self, intents: Sequence[int]) -> int:
+        """Settle these intents now against what the store holds (as :meth:`reconcile`)."""
+        if not intents:
+            return 0
+        with self.state.connect() as conn:
+            rows = conn.execute(select(pending_t).where(pending_t.c.id.in_(intents))
+                                .order_by(pending_t.c.id)).all()
+        return self._reconcile_rows(rows)
 
     def apply(self, sel: Selection, keys: Sequence[Any], result: RuleResult) -> int:
         """Dispose exactly these keys (replay after a restore), in batches."""
@@ -359,28 +443,62 @@ class Executor:
                                              runs_t.c.id != self.run_id)
             rows = conn.execute(select(pending_t).where(pending_t.c.run_id.not_in(live))
                                 .order_by(pending_t.c.id)).all()
+        return self._reconcile_rows(rows)
+
+    def _reconcile_rows(self, rows: Sequence[Any]) -> int:
+        """Ledger what is gone of these intents' records. Intents of one rule are asked of the
+        store together, up to :data:`RECONCILE_REFS` references at a time: the adapter reads
+        the table once per call, not once per intent (a dropped partition leaves many)."""
         settled = 0
+        groups: dict[tuple[str, str, str, str], list[Any]] = {}
         for row in rows:
-            adapter = self.adapters.get(row.store)
-            rule = next((r for r in self.policy.rules if r.id == row.rule), None)
+            groups.setdefault((row.store, row.rule, row.action, row.target), []).append(row)
+        for (store, rule_id, action, target), group in groups.items():
+            adapter = self.adapters.get(store)
+            rule = next((r for r in self.policy.rules if r.id == rule_id), None)
             if adapter is None or rule is None:
-                log.warning("intent left unreconciled", rule=row.rule, store=row.store)
+                log.warning("intent left unreconciled", rule=rule_id, store=store)
                 continue
-            refs = json.loads(row.record_refs)
-            present = adapter.remaining(rule, row.action, set(refs),
-                                        self.refs.record_fn(row.store, row.target))
-            gone = [r for r in refs if r not in present]
-            draft = ledger.Draft(kind=kind_of(row.reason), run_id=row.run_id, rule=row.rule,
-                                 store=row.store, target=row.target, action=row.action,
-                                 reason=row.reason, record_refs=gone, subject_ref=row.subject_ref,
-                                 detail={**json.loads(row.detail), "count": len(gone),
-                                         "reconciled": True, "intent": row.id})
-            with self.state.begin() as conn:
-                if not claim(conn, row.id):
-                    continue  # another sweep settled it first
-                if gone:
-                    ledger.append(conn, [draft])
-            settled += len(gone)
-            log.info("intent reconciled", rule=row.rule, disposed=len(gone),
-                     untouched=len(present))
+            ref_of = self.refs.record_fn(store, target)
+            for chunk in _chunks(group):
+                refs = {row.id: json.loads(row.record_refs) for row in chunk}
+                present = adapter.remaining(rule, action, {r for v in refs.values() for r in v},
+                                            ref_of)
+                for row in chunk:
+                    settled += self._settle_row(row, refs.pop(row.id), present)
         return settled
+
+    def _settle_row(self, row: Any, refs: list[str], present: set[str]) -> int:
+        gone = [r for r in refs if r not in present]
+        draft = ledger.Draft(kind=kind_of(row.reason), run_id=row.run_id, rule=row.rule,
+                             store=row.store, target=row.target, action=row.action,
+                             reason=row.reason, record_refs=gone, subject_ref=row.subject_ref,
+                             detail={**json.loads(row.detail), "count": len(gone),
+                                     "reconciled": True, "intent": row.id})
+        with self.state.begin() as conn:
+            if not claim(conn, row.id):
+                return 0  # another sweep settled it first
+            if gone:
+                ledger.append(conn, [draft])
+        log.info("intent reconciled", rule=row.rule, disposed=len(gone),
+                 untouched=len(refs) - len(gone))
+        return len(gone)
+
+
+#: References asked of a store at once when settling intents (memory: ~150 bytes each).
+RECONCILE_REFS = 200_000
+
+
+def _chunks(rows: list[Any]) -> Iterator[list[Any]]:
+    """Intents in groups of at most :data:`RECONCILE_REFS` references (at least one each)."""
+    chunk: list[Any] = []
+    size = 0
+    for row in rows:
+        n = row.record_refs.count(",") + 1
+        if chunk and size + n > RECONCILE_REFS:
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(row)
+        size += n
+    if chunk:
+        yield chunk
