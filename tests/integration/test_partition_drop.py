@@ -419,3 +419,109 @@ def test_validate_refuses_a_table_not_partitioned_on_the_clock(pg_schema: Any,
         "error: rules[0] (old-events).partitions: events is not a partitioned table; "
         "remove partitions: drop"]
     engine.dispose()
+
+
+def test_a_kept_request_and_a_floor_keep_their_partitions(events: Events, pg_schema: Any,
+                                                          ws: Any) -> None:
+    """A subject with an open erasure request under ``on_erasure: keep``, and a row another
+    rule's ``keep_for`` still protects, each keep their partition out of the drop."""
+    ev = events
+    one, two = sorted(ev.wholly_due)[:2]
+    asked = min(i for i in ev.rows if ev.part_of(i) == one)
+    floored = min(i for i in ev.rows if ev.part_of(i) == two)
+    floor = {"id": "vip", "store": "app", "table": "events", "key": ["id", "created_at"],
+             "clock": "created_at", "keep_for": "10y", "dispose_after": "10y",
+             "match": {"customer_id": 100 + floored}}
+    ws.policy({"app": {"adapter": "sql", "url": pg_schema.url}},
+              [{**RULE, "on_erasure": "keep", "legal_basis": "tax law"}, floor])
+    assert ws.invoke("request", "erase", str(100 + asked)).code == 0
+    run = ws.invoke("run", "--json", "--rule", "old-events")
+    assert run.code == 0, run.err
+    [r] = run.json()["rules"]
+    assert dropped(run.json()) == ev.wholly_due - {one, two}
+    reasons = {p["partition"]: p["reason"] for p in r["partitions"]}
+    assert reasons[one].startswith("1 of its 3 rows are not selected")
+    assert reasons[two].startswith("1 of its 3 rows are not selected")
+    assert {one, two} <= attached(ev.engine)
+    assert ids(ev.engine) == set(ev.rows) - ev.due | {asked, floored}
+    assert sorted(disposed_refs(ws)) == sorted(ref(ws, ev, i)
+                                               for i in ev.due - {asked, floored})
+
+
+def test_an_overlapping_anonymise_rule_keeps_every_partition(events: Events, pg_schema: Any,
+                                                             ws: Any) -> None:
+    ev = events
+    with ev.engine.begin() as conn:
+        conn.execute(sa.text("alter table events add column anonymized_at timestamp"))
+    anon = {"id": "scrub", "store": "app", "table": "events", "key": ["id", "created_at"],
+            "clock": "created_at", "dispose_after": "10y", "action": "anonymize",
+            "anonymize": {"marker": "anonymized_at", "columns": {"email": {"strategy": "null"}}}}
+    ws.policy({"app": {"adapter": "sql", "url": pg_schema.url}}, [RULE, anon])
+    plan = ws.invoke("plan", "--json", "--rule", "old-events")
+    [r] = plan.json()["rules"]
+    assert r["partitions"] == [{"partition": None, "rows": 0, "drop": False, "reason":
+                                "rule scrub anonymises or isolates rows of the same table"}]
+    assert ws.invoke("run", "--rule", "old-events").code == 0
+    assert attached(ev.engine) == {*ev.parts, "events_rest"}
+    assert ids(ev.engine) == set(ev.rows) - ev.due
+
+
+def test_a_writer_into_the_partition_waits_for_the_drop_then_fails(
+        events: Events, pg_schema: Any, ws: Any) -> None:
+    """As PostgreSQL's isolation tests do it: the drop holds the partition locked; a writer's
+    INSERT into it waits (seen in pg_locks) until the drop commits, then fails, the partition
+    being gone; nothing it wrote is dropped unledgered."""
+    import threading
+
+    from retentiond.adapters.registry import register, unregister
+    from retentiond.adapters.sql import SqlAdapter
+
+    ev = events
+    name = sorted(ev.wholly_due)[0]
+    lo, _ = ev.parts[name]
+    outcome: dict[str, Any] = {}
+    writer = sa.create_engine(pg_schema.url)
+
+    def insert() -> None:
+        try:
+            with writer.begin() as conn:
+                outcome["pid"] = conn.execute(sa.text("select pg_backend_pid()")).scalar()
+                conn.execute(sa.text(f"insert into {name} values (9999, :at, 1, 'x@y.z')"),
+                             {"at": lo + timedelta(hours=1)})
+            outcome["error"] = None
+        except sa.exc.DBAPIError as exc:
+            outcome["error"] = type(exc.orig).__name__
+
+    class Racing(SqlAdapter):
+        def _detach_and_drop(self, conn: Any, table: Any, part: Any) -> None:
+            if part.name == name:
+                thread = threading.Thread(target=insert)
+                thread.start()
+                outcome["thread"] = thread
+                watch = sa.create_engine(pg_schema.url)
+                with watch.connect() as w:
+                    for _ in range(3000):  # until the writer waits on the partition's lock
+                        waiting = w.execute(sa.text(
+                            "select count(*) from pg_locks where not granted and pid = :p"),
+                            {"p": outcome.get("pid", -1)}).scalar()
+                        if waiting:
+                            break
+                        w.execute(sa.text("select pg_sleep(0.01)"))
+                    else:
+                        raise AssertionError("the writer never waited")
+                watch.dispose()
+            super()._detach_and_drop(conn, table, part)
+
+    register("sqlracing", Racing)
+    try:
+        setup(ws, pg_schema, adapter="sqlracing")
+        run = ws.invoke("run", "--json")
+    finally:
+        unregister("sqlracing")
+    outcome["thread"].join(60)
+    writer.dispose()
+    assert run.code == 0, run.err
+    assert name in dropped(run.json())
+    assert outcome["error"] == "UndefinedTable"
+    assert 9999 not in ids(ev.engine)
+    assert sorted(disposed_refs(ws)) == sorted(ref(ws, ev, i) for i in ev.due)
