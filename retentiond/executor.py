@@ -155,7 +155,7 @@ class Executor:
         partition and again by the adapter once the partition is locked."""
         rule = sel.rule
         adapter = self.adapters[rule.store]
-        offered = adapter.partitions(sel)
+        offered = adapter.partitions(sel, count=False)
         if result.partitions is None:
             result.partitions = []
         done = 0

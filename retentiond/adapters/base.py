@@ -296,9 +296,11 @@ class Adapter(abc.ABC):
                   ref_of: Callable[[Any], str]) -> set[str]:
         """The subset of ``refs`` whose records are still present and not disposed."""
 
-    def partitions(self, selection: Selection) -> list[dict[str, Any]]:
+    def partitions(self, selection: Selection, *, count: bool = True
+                   ) -> list[dict[str, Any]]:
         """What ``partitions: drop`` would do with a time selection (read-only, ``plan``):
-        ``[{partition, rows, drop, reason}]``. Default: nothing (every record row by row)."""
+        ``[{partition, rows, drop, reason}]``; ``count=False`` skips counting the rows (the
+        drop checks them under lock). Default: nothing (every record row by row)."""
         return []
 
     def drop_partition(self, selection: Selection, partition: str, limit: int,

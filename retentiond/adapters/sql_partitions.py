@@ -129,12 +129,14 @@ class SqlPartitions:
                  "row")] if why else []
 
     # -- plan and run -------------------------------------------------------------------------
-    def partitions(self, selection: Selection) -> list[dict[str, Any]]:
+    def partitions(self, selection: Selection, *, count: bool = True
+                   ) -> list[dict[str, Any]]:
         """What ``partitions: drop`` does with the selection (read-only): one entry per
         partition whose range is wholly due (and per DEFAULT or sub-partitioned partition),
         ``{partition, rows, drop, reason}``; ``drop`` entries are dropped by a run unless
         something changes before it. A reason that applies to the whole table is one entry
-        with ``partition`` None."""
+        with ``partition`` None. ``count=False`` (a run) leaves the rows uncounted: the drop
+        counts them under its lock, and a plan's count would be a second pass for nothing."""
         rule = selection.rule
         if not self._applies(selection):
             return []
@@ -153,6 +155,9 @@ class SqlPartitions:
                         continue
                     if reason is not None:
                         out.append(_entry(part.qualified, 0, reason))
+                        continue
+                    if not count:  # a run: the drop counts under its lock anyway
+                        out.append(_entry(part.qualified, 0, None))
                         continue
                     total, chosen = self._counts(conn, selection, table, part)
                     out.append(_entry(part.qualified, total, _mismatch(total, chosen)))
