@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from typing import Any, cast
 
 from sqlalchemy import Table, delete, insert, select
+from sqlalchemy import func as sa_func
 from sqlalchemy.engine import Connection, Engine
 
 from retentiond import planner
@@ -216,10 +217,7 @@ class Executor:
         """Settle these intents now against what the store holds (as :meth:`reconcile`)."""
         if not intents:
             return 0
-        with self.state.connect() as conn:
-            rows = conn.execute(select(pending_t).where(pending_t.c.id.in_(intents))
-                                .order_by(pending_t.c.id)).all()
-        return self._reconcile_rows(rows)
+        return self._reconcile_rows(pending_t.c.id.in_(intents))
 
     def apply(self, sel: Selection, keys: Sequence[Any], result: RuleResult) -> int:
         """Dispose exactly these keys (replay after a restore), in batches."""
@@ -438,21 +436,24 @@ class Executor:
     # -- crash recovery -----------------------------------------------------------------------
     def reconcile(self) -> int:
         """Ledger the records of intents left by a crash that are gone from their store."""
-        with self.state.connect() as conn:
-            live = select(runs_t.c.id).where(runs_t.c.status == "running",
-                                             runs_t.c.id != self.run_id)
-            rows = conn.execute(select(pending_t).where(pending_t.c.run_id.not_in(live))
-                                .order_by(pending_t.c.id)).all()
-        return self._reconcile_rows(rows)
+        live = select(runs_t.c.id).where(runs_t.c.status == "running",
+                                         runs_t.c.id != self.run_id)
+        return self._reconcile_rows(pending_t.c.run_id.not_in(live))
 
-    def _reconcile_rows(self, rows: Sequence[Any]) -> int:
-        """Ledger what is gone of these intents' records. Intents of one rule are asked of the
-        store together, up to :data:`RECONCILE_REFS` references at a time: the adapter reads
-        the table once per call, not once per intent (a dropped partition leaves many)."""
+    def _reconcile_rows(self, which: Any) -> int:
+        """Ledger what is gone of the records of the intents ``which`` selects. Intents of one
+        rule are asked of the store together, up to :data:`RECONCILE_REFS` references at a
+        time: the adapter reads the table once per call, not once per intent (a dropped
+        partition leaves many), and only one such group of references is in memory."""
+        with self.state.connect() as conn:
+            heads = conn.execute(select(pending_t.c.id, pending_t.c.store, pending_t.c.rule,
+                                        pending_t.c.action, pending_t.c.target,
+                                        sa_func.length(pending_t.c.record_refs))
+                                 .where(which).order_by(pending_t.c.id)).all()
         settled = 0
         groups: dict[tuple[str, str, str, str], list[Any]] = {}
-        for row in rows:
-            groups.setdefault((row.store, row.rule, row.action, row.target), []).append(row)
+        for head in heads:
+            groups.setdefault(tuple(head[1:5]), []).append(head)
         for (store, rule_id, action, target), group in groups.items():
             adapter = self.adapters.get(store)
             rule = next((r for r in self.policy.rules if r.id == rule_id), None)
@@ -461,10 +462,13 @@ class Executor:
                 continue
             ref_of = self.refs.record_fn(store, target)
             for chunk in _chunks(group):
-                refs = {row.id: json.loads(row.record_refs) for row in chunk}
+                with self.state.connect() as conn:
+                    rows = conn.execute(select(pending_t).where(pending_t.c.id.in_(
+                        [h[0] for h in chunk])).order_by(pending_t.c.id)).all()
+                refs = {row.id: json.loads(row.record_refs) for row in rows}
                 present = adapter.remaining(rule, action, {r for v in refs.values() for r in v},
                                             ref_of)
-                for row in chunk:
+                for row in rows:
                     settled += self._settle_row(row, refs.pop(row.id), present)
         return settled
 
@@ -487,18 +491,21 @@ class Executor:
 
 #: References asked of a store at once when settling intents (memory: ~150 bytes each).
 RECONCILE_REFS = 200_000
+RECONCILE_INTENTS = 1000  # and intents at once (their ids are bound parameters)
 
 
-def _chunks(rows: list[Any]) -> Iterator[list[Any]]:
-    """Intents in groups of at most :data:`RECONCILE_REFS` references (at least one each)."""
+def _chunks(heads: list[Any]) -> Iterator[list[Any]]:
+    """Intents in groups of at most :data:`RECONCILE_REFS` references and
+    :data:`RECONCILE_INTENTS` intents (at least one intent each), sized from the length of
+    their JSON (a reference takes 68 characters there)."""
     chunk: list[Any] = []
     size = 0
-    for row in rows:
-        n = row.record_refs.count(",") + 1
-        if chunk and size + n > RECONCILE_REFS:
+    for head in heads:
+        n = int(head[5] or 0) // 66 + 1
+        if chunk and (size + n > RECONCILE_REFS or len(chunk) >= RECONCILE_INTENTS):
             yield chunk
             chunk, size = [], 0
-        chunk.append(row)
+        chunk.append(head)
         size += n
     if chunk:
         yield chunk

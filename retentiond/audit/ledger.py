@@ -83,9 +83,13 @@ def key_text(key: Any) -> str:
     00:00:00``, for a one-column key (what ledgers written before hold), on every path: scan,
     ``RETURNING``, ``explain``, replay and reconciliation."""
     if isinstance(key, tuple):
-        return json.dumps([_component(v) for v in key], separators=(",", ":"),
-                          ensure_ascii=False)
+        return _KEY_JSON([_component(v) for v in key])
     return str(key)
+
+
+# json.dumps with these arguments builds a new encoder per call (most of a composite key's
+# cost on a partition drop); one encoder gives the same text.
+_KEY_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
 class Refs:
