@@ -83,13 +83,18 @@ def key_text(key: Any) -> str:
     00:00:00``, for a one-column key (what ledgers written before hold), on every path: scan,
     ``RETURNING``, ``explain``, replay and reconciliation."""
     if isinstance(key, tuple):
-        return _KEY_JSON([_component(v) for v in key])
+        parts = [_component(v) for v in key]
+        if all(type(v) in _PLAIN for v in key):
+            return '["' + '","'.join(parts) + '"]'  # what JSON makes of texts it never escapes
+        return _KEY_JSON(parts)
     return str(key)
 
 
 # json.dumps with these arguments builds a new encoder per call (most of a composite key's
 # cost on a partition drop); one encoder gives the same text.
 _KEY_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+# Components whose canonical text holds no quote, backslash or control character.
+_PLAIN = frozenset({int, datetime, date, time, Decimal})
 
 
 class Refs:

@@ -41,6 +41,7 @@ class Events:
     cutoff: datetime
     rows: dict[int, datetime]         # id -> created_at
     parts: dict[str, tuple[datetime, datetime]]  # month partitions: name -> [lo, hi)
+    kind: str = "timestamp"                      # the clock's type
 
     @property
     def wholly_due(self) -> set[str]:
@@ -56,7 +57,9 @@ class Events:
 
 
 @pytest.fixture
-def events(pg_schema: Any) -> Iterator[Events]:
+def events(pg_schema: Any, request: pytest.FixtureRequest) -> Iterator[Events]:
+    """``request.param`` (indirect): the clock's type, ``timestamp`` by default."""
+    kind = getattr(request, "param", "timestamp")
     engine = pg_schema.engine()
     now = datetime.now(UTC).replace(tzinfo=None, microsecond=0)
     cutoff = now - timedelta(days=90)
@@ -66,30 +69,37 @@ def events(pg_schema: Any) -> Iterator[Events]:
     rows: dict[int, datetime] = {}
     for lo, hi in parts.values():
         for at in (lo, lo + timedelta(days=9, hours=5), hi - timedelta(hours=3)):
-            if abs((at - cutoff).total_seconds()) > 7200:
-                rows[len(rows) + 1] = at
+            if abs((at - cutoff).total_seconds()) > (7200 if kind != "date" else 3 * 86400):
+                rows[len(rows) + 1] = at.replace(hour=0) if kind == "date" else at
     rows[len(rows) + 1] = datetime(2001, 5, 5, 12)   # DEFAULT partition: due
     rows[len(rows) + 1] = month(now, 30)             # DEFAULT partition: not due
     with engine.begin() as conn:
-        conn.execute(sa.text("""
+        conn.execute(sa.text(f"""
             create table events (
-                id integer not null, created_at timestamp not null,
+                id integer not null, created_at {kind} not null,
                 customer_id integer not null, email text not null,
                 primary key (id, created_at)
             ) partition by range (created_at)"""))
+        zone = "+00" if kind == "timestamptz" else ""  # whatever the server's TimeZone
         for name, (lo, hi) in parts.items():
             conn.execute(sa.text(f"create table {name} partition of events for values from "
-                                 f"('{lo:%Y-%m-%d}') to ('{hi:%Y-%m-%d}')"))
+                                 f"('{lo:%Y-%m-%d}{zone}') to ('{hi:%Y-%m-%d}{zone}')"))
         conn.execute(sa.text("create table events_rest partition of events default"))
         conn.execute(sa.text("insert into events values (:i, :at, :c, :e)"),
-                     [{"i": i, "at": at, "c": 100 + i, "e": f"person.{i}@mail.example.org"}
-                      for i, at in rows.items()])
-    yield Events(engine, cutoff, rows, parts)
+                     [{"i": i, "at": stored(kind, at), "c": 100 + i,
+                       "e": f"person.{i}@mail.example.org"} for i, at in rows.items()])
+    yield Events(engine, cutoff, rows, parts, kind)
     engine.dispose()
 
 
+def stored(kind: str, at: datetime) -> Any:
+    """A naive UTC time as the clock column holds it."""
+    return {"date": at.date(), "timestamptz": at.replace(tzinfo=UTC)}.get(kind, at)
+
+
 def ref(ws: Any, ev: Events, i: int) -> str:
-    text = json.dumps([str(i), ev.rows[i].isoformat()], separators=(",", ":"))
+    """The documented canonical text of a composite key: aware times in UTC."""
+    text = json.dumps([str(i), stored(ev.kind, ev.rows[i]).isoformat()], separators=(",", ":"))
     return record_ref(ws.secret, "app", "events", text)
 
 
@@ -118,6 +128,7 @@ def dropped(doc: dict[str, Any]) -> set[str]:
     return {p["partition"] for p in r["partitions"] if p["drop"]}
 
 
+@pytest.mark.parametrize("events", ["timestamp", "timestamptz", "date"], indirect=True)
 def test_plan_lists_and_run_drops_exactly_the_wholly_due_partitions(
         events: Events, pg_schema: Any, ws: Any) -> None:
     ev = events
