@@ -354,6 +354,33 @@ def summarise(args: argparse.Namespace, due: int, due_parts: list[str],
     out["ok"], out["problems"] = not problems, problems
     if profile_out is not None:
         out["profile"] = str(profile_out)
+        out["profile_phases"] = profile_phases(profile_out)
+    return out
+
+
+#: Where retentiond's drop spends its time, from its cProfile (cumulative seconds of these
+#: functions; the profiler's overhead inflates per-record work most).
+PROFILE_PHASES = {
+    "read_keys": [("sql_partitions.py", "_keys")],
+    "hash_and_key_text": [("ledger.py", "records")],
+    "encode": [("ledger.py", "refs_json")],
+    "write_refs": [("executor.py", "_intent"), ("executor.py", "_record_pending")],
+    "checks": [("sql_partitions.py", "partitions"), ("sql_partitions.py", "_counts"),
+               ("sql_partitions.py", "_strategy"), ("sql_partitions.py", "_table_reasons"),
+               ("sql_partitions.py", "_part_reason")],
+    "ddl": [("sql_partitions.py", "_detach_and_drop")],
+    "drop_total": [("executor.py", "_drop_partitions")],
+}
+
+
+def profile_phases(path: Path) -> dict[str, float]:
+    import pstats
+
+    stats = pstats.Stats(str(path)).stats  # type: ignore[attr-defined]
+    out = {}
+    for phase, funcs in PROFILE_PHASES.items():
+        out[phase] = round(sum(v[3] for (file, _, name), v in stats.items()
+                               if (Path(file).name, name) in funcs), 3)
     return out
 
 
@@ -387,6 +414,8 @@ def print_table(r: dict[str, Any]) -> None:
         f"{w} {r['contenders'][w]['all_seconds']}" for w in CONTENDERS))
     if r.get("profile"):
         print(f"  profile: {r['profile']}")
+        print("  retentiond drop under cProfile, cumulative s: " + ", ".join(
+            f"{k} {v:.2f}" for k, v in r["profile_phases"].items()))
     for p in r["problems"]:
         print(f"  PROBLEM: {p}")
 

@@ -84,7 +84,7 @@ def key_text(key: Any) -> str:
     ``RETURNING``, ``explain``, replay and reconciliation."""
     if isinstance(key, tuple):
         parts = [_component(v) for v in key]
-        if all(type(v) in _PLAIN for v in key):
+        if _PLAIN.issuperset(map(type, key)):
             return '["' + '","'.join(parts) + '"]'  # what JSON makes of texts it never escapes
         return _KEY_JSON(parts)
     return str(key)
