@@ -65,10 +65,19 @@ _RULES = "select rulename from pg_rewrite where ev_class = :oid and ev_type = '4
 _REFERRED = """select conname, conrelid::regclass::text from pg_constraint
                where contype = 'f' and confrelid = :oid order by 1"""
 _PARTS = """select c.oid, n.nspname, c.relname, c.oid::regclass::text,
-                   pg_get_expr(c.relpartbound, c.oid), c.relkind, pg_has_role(c.relowner, 'USAGE')
+                   pg_get_expr(c.relpartbound, c.oid), c.relkind, pg_has_role(c.relowner, 'USAGE'),
+                   c.relrowsecurity
             from pg_inherits i join pg_class c on c.oid = i.inhrelid
             join pg_namespace n on n.oid = c.relnamespace
             where i.inhparent = :oid order by c.relname"""
+# Publications that carry the table or any of its partitions: DROP is not replicated.
+_PUBLISHED = """select pt.pubname from pg_publication_tables pt
+                join pg_namespace n on n.nspname = pt.schemaname
+                join pg_class c on c.relnamespace = n.oid and c.relname = pt.tablename
+                where c.oid = :oid or c.oid in (select inhrelid from pg_inherits
+                                                 where inhparent = :oid)
+                order by 1 limit 1"""
+_RLS = "select relrowsecurity from pg_class where oid = :oid"
 _STRATEGY = """select pt.partstrat, pt.partnatts, a.attname,
                       format_type(a.atttypid, null), pg_has_role(c.relowner, 'USAGE')
                from pg_partitioned_table pt join pg_class c on c.oid = pt.partrelid
@@ -84,8 +93,9 @@ class Part:
     name: str
     qualified: str  # oid::regclass::text: quoted, schema-qualified when off the search_path
     bound: str
-    leaf: bool
+    kind: str  # pg_class.relkind: r a plain table, p partitioned, f foreign
     owned: bool
+    rls: bool
 
 
 class SqlPartitions:
@@ -259,6 +269,13 @@ class SqlPartitions:
         why = _relation_reasons(conn, oid, table.name)
         if why:
             return why
+        if conn.execute(sa.text(_RLS), {"oid": oid}).scalar():
+            return (f"row-level security is enabled on {table.name} (a count may not see "
+                    "every row)")
+        pub = conn.execute(sa.text(_PUBLISHED), {"oid": oid}).scalar()
+        if pub is not None:
+            return (f"publication {pub} replicates {table.name}; a dropped partition's rows "
+                    "would stay on its subscribers")
         if sel is not None and self.blocking(sel, table):
             return "foreign keys refer to the table"
         return None
@@ -267,30 +284,33 @@ class SqlPartitions:
                      part: Part) -> str | None:
         """Why this partition may not be dropped, ``_NOT_DUE`` when its range is not wholly
         due (the row sweep's business, not listed), None when only the counts remain."""
-        if part.bound == "DEFAULT":
-            return "the DEFAULT partition"
-        if not part.leaf:
-            return "it is partitioned itself"
+        why = _shape(part)
+        if why:
+            return why
+        if not self._wholly_due(conn, sel, table, part):
+            return _NOT_DUE
+        return _rights(part) or _relation_reasons(conn, part.oid, part.name)
+
+    def _wholly_due(self, conn: Connection, sel: Selection, table: sa.Table,
+                    part: Part) -> bool:
+        """Whether the partition's upper bound is at or before the cutoff, compared by the
+        store in the clock column's type, as the selection compares (``clock_bound``)."""
         upper = _upper(part.bound)
         if upper is None:
-            return _NOT_DUE
+            return False
         clock = table.c[sel.rule.clock or ""]
         assert sel.clock_cutoff is not None
         due = conn.execute(sa.select(
             sa.cast(sa.literal(upper, sa.Text), clock.type)
             <= clock_bound(clock, sel.clock_cutoff, sel.rule.clock_format))).scalar()
-        if not due:
-            return _NOT_DUE
-        if not part.owned:
-            return "the role does not own it; DROP needs ownership"
-        return _relation_reasons(conn, part.oid, part.name)
+        return bool(due)
 
     def _parts(self, conn: Connection, table: sa.Table) -> list[Part]:
         oid = self._oid(conn, table)
         if oid is None:
             return []
-        return [Part(int(r[0]), r[1], r[2], r[3], r[4] or "", r[5] == "r", bool(r[6]))
-                for r in conn.execute(sa.text(_PARTS), {"oid": oid})]
+        return [Part(int(r[0]), r[1], r[2], r[3], r[4] or "", str(r[5]), bool(r[6]),
+                     bool(r[7])) for r in conn.execute(sa.text(_PARTS), {"oid": oid})]
 
     def _as(self, table: sa.Table, part: Part) -> sa.Table:
         """The partition under the parent's name (``FROM part AS parent``), with the parent's
@@ -338,6 +358,24 @@ def _mismatch(total: int, chosen: int) -> str | None:
     if chosen != total:
         return (f"{total - chosen} of its {total} rows are not selected (held, protected, "
                 "requested, not matched or without a due clock)")
+    return None
+
+
+def _shape(part: Part) -> str | None:
+    if part.bound == "DEFAULT":
+        return "the DEFAULT partition"
+    if part.kind == "p":
+        return "it is partitioned itself"
+    if part.kind != "r":
+        return f"it is not a plain table (relkind {part.kind})"
+    return None
+
+
+def _rights(part: Part) -> str | None:
+    if not part.owned:
+        return "the role does not own it; DROP needs ownership"
+    if part.rls:
+        return "row-level security is enabled on it (a count may not see every row)"
     return None
 
 

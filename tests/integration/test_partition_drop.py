@@ -536,3 +536,103 @@ def test_a_writer_into_the_partition_waits_for_the_drop_then_fails(
     assert outcome["error"] == "UndefinedTable"
     assert 9999 not in ids(ev.engine)
     assert sorted(disposed_refs(ws)) == sorted(ref(ws, ev, i) for i in ev.due)
+
+
+@pytest.mark.parametrize("what", ["publication", "row-level security"])
+def test_a_published_or_row_secured_table_keeps_every_partition(
+        events: Events, pg_schema: Any, ws: Any, what: str) -> None:
+    """A DROP is not replicated to logical subscribers, and a count under row-level security
+    may not see every row: both leave the whole table to the row sweep."""
+    import uuid
+
+    ev = events
+    pub = f"pub_{uuid.uuid4().hex[:10]}"
+    ddl = {"publication": f"create publication {pub} for table events",
+           "row-level security": "alter table events enable row level security"}[what]
+    with ev.engine.begin() as conn:
+        conn.execute(sa.text(ddl))
+    try:
+        setup(ws, pg_schema)
+        plan = ws.invoke("plan", "--json")
+        [r] = plan.json()["rules"]
+        why = {"publication": f"publication {pub} replicates events; a dropped partition's "
+                              "rows would stay on its subscribers",
+               "row-level security": "row-level security is enabled on events (a count may "
+                                     "not see every row)"}[what]
+        assert r["partitions"] == [{"partition": None, "rows": 0, "drop": False,
+                                    "reason": why}]
+        run = ws.invoke("run", "--json")
+        assert run.code == 0, run.err
+        assert attached(ev.engine) == {*ev.parts, "events_rest"}
+        assert ids(ev.engine) == set(ev.rows) - ev.due
+        assert sorted(disposed_refs(ws)) == sorted(ref(ws, ev, i) for i in ev.due)
+    finally:
+        if what == "publication":
+            with ev.engine.begin() as conn:
+                conn.execute(sa.text(f"drop publication {pub}"))
+
+
+def test_a_sub_partitioned_partition_is_swept_row_by_row(events: Events, pg_schema: Any,
+                                                         ws: Any) -> None:
+    ev = events
+    name = sorted(ev.wholly_due)[0]
+    lo, hi = ev.parts[name]
+    mid = lo + timedelta(days=15)
+    with ev.engine.begin() as conn:
+        conn.execute(sa.text(f"alter table events detach partition {name}"))
+        conn.execute(sa.text(f"alter table {name} rename to {name}_old"))
+        conn.execute(sa.text(f"create table {name} partition of events for values from "
+                             f"('{lo:%Y-%m-%d}') to ('{hi:%Y-%m-%d}') "
+                             "partition by range (created_at)"))
+        for half, (a, b) in (("a", (lo, mid)), ("b", (mid, hi))):
+            conn.execute(sa.text(f"create table {name}_{half} partition of {name} for values "
+                                 f"from ('{a:%Y-%m-%d}') to ('{b:%Y-%m-%d}')"))
+        conn.execute(sa.text(f"insert into events select * from {name}_old"))
+        conn.execute(sa.text(f"drop table {name}_old"))
+    setup(ws, pg_schema)
+    plan = ws.invoke("plan", "--json")
+    [r] = plan.json()["rules"]
+    assert {p["partition"]: p["reason"] for p in r["partitions"]}[name] == (
+        "it is partitioned itself")
+    run = ws.invoke("run", "--json")
+    assert run.code == 0, run.err
+    assert dropped(run.json()) == ev.wholly_due - {name}
+    assert name in attached(ev.engine)
+    assert ids(ev.engine) == set(ev.rows) - ev.due
+    assert sorted(disposed_refs(ws)) == sorted(ref(ws, ev, i) for i in ev.due)
+
+
+def test_validate_refuses_a_role_that_does_not_own_the_table(events: Events, pg_schema: Any,
+                                                             ws: Any) -> None:
+    import uuid
+
+    ev = events
+    role = f"rtd_{uuid.uuid4().hex[:10]}"
+    schema = pg_schema.url.rsplit("%3D", 1)[1]
+    with ev.engine.begin() as conn:
+        conn.execute(sa.text(f"create role {role} login"))
+        conn.execute(sa.text(f"grant usage on schema {schema} to {role}"))
+        conn.execute(sa.text(f"grant select, delete on all tables in schema {schema} "
+                             f"to {role}"))
+    try:
+        url = pg_schema.url.replace("//postgres@", f"//{role}@", 1)
+        ws.policy({"app": {"adapter": "sql", "url": url}}, [RULE])
+        result = ws.invoke("config", "validate")
+        assert result.code == 2, (result.out, result.err)
+        assert error_lines(result.err) == [
+            "error: rules[0] (old-events).partitions: the role connecting to store app does "
+            "not own events (nor is a member of its owner role); DETACH and DROP need it: "
+            "grant the owner role or remove partitions: drop"]
+        run = ws.invoke("run", "--json")  # the row sweep needs only DELETE
+        assert run.code == 0, run.err
+        [r] = run.json()["rules"]
+        assert [p["reason"] for p in r["partitions"]] == [
+            "the role connecting to store app does not own events (nor is a member of its "
+            "owner role); DETACH and DROP need it: grant the owner role or remove partitions: "
+            "drop"]
+        assert attached(ev.engine) == {*ev.parts, "events_rest"}
+        assert ids(ev.engine) == set(ev.rows) - ev.due
+    finally:
+        with ev.engine.begin() as conn:
+            conn.execute(sa.text(f"drop owned by {role}"))
+            conn.execute(sa.text(f"drop role {role}"))
