@@ -636,3 +636,31 @@ def test_validate_refuses_a_role_that_does_not_own_the_table(events: Events, pg_
         with ev.engine.begin() as conn:
             conn.execute(sa.text(f"drop owned by {role}"))
             conn.execute(sa.text(f"drop role {role}"))
+
+
+def test_a_lock_it_cannot_get_leaves_the_partition_to_the_row_sweep(
+        events: Events, pg_schema: Any, ws: Any) -> None:
+    """A reader holding the partition (an open transaction that read it) keeps DETACH from
+    its ACCESS EXCLUSIVE lock: after the lock timeout the drop rolls back, the intents it had
+    written are settled as nothing gone, and the row sweep disposes the rows (its DELETE does
+    not conflict with readers); every record is ledgered once."""
+    ev = events
+    name = sorted(ev.wholly_due)[0]
+    reader = sa.create_engine(pg_schema.url)
+    with reader.connect() as conn:
+        conn.execute(sa.text(f"select count(*) from {name}"))  # holds ACCESS SHARE until rollback
+        setup(ws, pg_schema)
+        run = ws.invoke("run", "--json")
+        conn.rollback()
+    reader.dispose()
+    assert run.code == 0, run.err
+    [r] = run.json()["rules"]
+    [why] = [p["reason"] for p in r["partitions"] if p["partition"] == name]
+    assert why == (f"the drop failed (store app: LockNotAvailable while dropping partition "
+                   f"{name} of events); swept row by row")
+    assert dropped(run.json()) == ev.wholly_due - {name}
+    assert name in attached(ev.engine)
+    assert ids(ev.engine) == set(ev.rows) - ev.due
+    assert pending(ws) == 0
+    assert sorted(disposed_refs(ws)) == sorted(ref(ws, ev, i) for i in ev.due)
+    assert (r["due"], r["done"], r["failed"]) == (len(ev.due), len(ev.due), 0)
