@@ -17,8 +17,9 @@ Usage (from the project root)::
                                          [--repeat 3] [--json] [--profile]
 
 All contenders run as child processes on identical fresh copies of one template database,
-in rotating order; medians over the repetitions are reported. WAL is server-wide: on a
-shared server other sessions' writes are counted too (the row sweep's WAL dwarfs them).
+in rotating order; medians of the times over the repetitions are reported. WAL is
+server-wide: other sessions' writes are counted too, so the least of the repetitions is
+reported for each contender (every value is printed).
 """
 
 from __future__ import annotations
@@ -328,6 +329,9 @@ def summarise(args: argparse.Namespace, due: int, due_parts: list[str],
     def med(who: str, key: str) -> float:
         return statistics.median(r[key] for r in runs[who])
 
+    def least(who: str, key: str) -> float:
+        return min(r[key] for r in runs[who])
+
     out: dict[str, Any] = {"rows": args.rows, "months": args.months, "due": due,
                            "due_partitions": len(due_parts), "batch": args.batch,
                            "repeat": args.repeat}
@@ -336,14 +340,17 @@ def summarise(args: argparse.Namespace, due: int, due_parts: list[str],
         c[who] = {"seconds": round(med(who, "wall"), 3),
                     "inner_seconds": round(med(who, "inner"), 3),
                     "rows_per_s": round(due / med(who, "wall")),
-                    "wal_mib": round(med(who, "wal") / 2**20, 2),
+                    # WAL is server-wide: other sessions only add to it, so the least of
+                    # the repetitions is the best estimate of a contender's own.
+                    "wal_mib": round(least(who, "wal") / 2**20, 2),
+                    "all_wal_mib": [round(r["wal"] / 2**20, 1) for r in runs[who]],
                     "peak_rss_mb": round(max(r["rss_mb"] for r in runs[who]), 1),
                     "all_seconds": [round(r["wall"], 3) for r in runs[who]]}
     phases = {k: statistics.median(r["phases"][k] for r in runs["handmade"])
               for k in runs["handmade"][0]["phases"]}
     c["handmade"]["phases"] = {k: round(v, 3) for k, v in phases.items()}
     ratio = med("rows", "wall") / med("drop", "wall")
-    wal = med("drop", "wal") / max(med("rows", "wal"), 1)
+    wal = least("drop", "wal") / max(least("rows", "wal"), 1)
     out["ratio_drop_vs_rows"] = round(ratio, 3)
     out["ratio_drop_vs_rows_inner"] = round(med("rows", "inner") / med("drop", "inner"), 3)
     out["ratio_handmade_vs_rows"] = round(med("rows", "wall") / med("handmade", "wall"), 3)
@@ -403,7 +410,8 @@ def print_table(r: dict[str, Any]) -> None:
     print(f"  throughput drop/rows: {r['ratio_drop_vs_rows']:.2f} (target >= 1.5: "
           f"{yes(t['ratio_ge_1_5'])}; in-run only {r['ratio_drop_vs_rows_inner']:.2f})")
     print(f"  WAL drop/rows: {r['wal_drop_over_rows']:.4f} (target <= 0.1: "
-          f"{yes(t['wal_le_0_1'])})")
+          f"{yes(t['wal_le_0_1'])}; least of the repetitions, WAL is server-wide; all MiB: "
+          + "; ".join(f"{w} {r['contenders'][w]['all_wal_mib']}" for w in CONTENDERS) + ")")
     print(f"  hand-written drop/rows: {r['ratio_handmade_vs_rows']:.2f}; retentiond drop / "
           f"hand-written: {r['ratio_drop_vs_handmade']:.2f}")
     phases = r["contenders"]["handmade"]["phases"]
