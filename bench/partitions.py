@@ -28,6 +28,7 @@ import argparse
 import hashlib
 import hmac
 import json
+import os
 import shutil
 import statistics
 import sys
@@ -209,11 +210,27 @@ rules:
 """)
 
 
+SLOT = f"rdbench_{os.getpid()}"
+
+
 def wal_lsn(url: str) -> str:
+    """Where the WAL is now. A physical replication slot is created first so that the
+    server keeps the run's WAL segments for :func:`own_wal` (a busy shared server recycles
+    them within seconds); :func:`own_wal` drops it."""
     with _pg(url) as con:
+        try:
+            con.execute("SELECT pg_create_physical_replication_slot(%s, true)", (SLOT,))
+        except Exception as exc:  # no slots left, no rights: WAL is then counted server-wide
+            log(f"no replication slot ({type(exc).__name__}); WAL may be recycled")
         row = con.execute("SELECT pg_current_wal_lsn()::text").fetchone()
         assert row is not None
         return str(row[0])
+
+
+def drop_slot(url: str) -> None:
+    with _pg(url) as con:
+        con.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+                    "WHERE slot_name = %s", (SLOT,))
 
 
 def wal_since(url: str, start: str) -> int:
@@ -246,15 +263,19 @@ def own_wal(url: str, start: str) -> int | None:
     mine = re.compile(rf"(rel \d+/{db}/|base/{db}/)")
     size = re.compile(r"len \(rec/tot\):\s*\d+/\s*(\d+)")
     total = 0
-    proc = subprocess.Popen([tools[-1], "-p", str(Path(datadir, "pg_wal")), "-s", start,
-                             "-e", end], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                            text=True)
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        if mine.search(line):
-            m = size.search(line)
-            total += int(m.group(1)) if m else 0
-    return total if proc.wait() == 0 or total else None
+    with tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen([tools[-1], "-p", str(Path(datadir, "pg_wal")), "-s", start,
+                                 "-e", end], stdout=subprocess.PIPE, stderr=err, text=True)
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if mine.search(line):
+                m = size.search(line)
+                total += int(m.group(1)) if m else 0
+        if proc.wait() != 0:
+            err.seek(0)
+            log(f"pg_waldump failed ({err.read().strip()[:200]}); WAL counted server-wide")
+            return None
+    return total
 
 
 def run_one(who: str, url: str, work: Path, key_file: Path, args: argparse.Namespace,
@@ -268,7 +289,10 @@ def run_one(who: str, url: str, work: Path, key_file: Path, args: argparse.Names
         start = wal_lsn(url)
         res = run_child([sys.executable, str(Path(__file__).resolve()), "--_baseline",
                          json.dumps(cfg)])
-        wal, own = wal_since(url, start), own_wal(url, start)
+        try:
+            wal, own = wal_since(url, start), own_wal(url, start)
+        finally:
+            drop_slot(url)
         must(res, "hand-written drop")
         inner = json.loads(res["stdout"])
         return {"wall": res["wall"], "inner": inner["seconds"], "rss_mb": res["rss_mb"],
@@ -281,8 +305,11 @@ def run_one(who: str, url: str, work: Path, key_file: Path, args: argparse.Names
     write_policy(policy, url, state, key_file, args.batch, days, who)
     retentiond_upgrade(policy)
     start = wal_lsn(url)
-    r = retentiond_run(policy, state, profile)
-    wal, own = wal_since(url, start), own_wal(url, start)
+    try:
+        r = retentiond_run(policy, state, profile)
+        wal, own = wal_since(url, start), own_wal(url, start)
+    finally:
+        drop_slot(url)
     [rule] = r["doc"]["rules"]
     dropped = sorted(p["partition"] for p in rule.get("partitions") or () if p["drop"])
     return {"wall": r["wall"], "inner": r["inner"], "rss_mb": r["rss_mb"],
