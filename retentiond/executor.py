@@ -23,9 +23,10 @@ from sqlalchemy import func as sa_func
 from sqlalchemy.engine import Connection, Engine
 
 from retentiond import planner
-from retentiond.adapters.base import Adapter, DropDeclined, Selection, merge_counts
+from retentiond.adapters.base import Adapter, Selection, merge_counts
 from retentiond.audit import ledger
-from retentiond.errors import RecordsFailed, StoreError, StoreUnreachable, failure_line
+from retentiond.errors import RecordsFailed, StoreError, failure_line
+from retentiond.executor_drop import PartitionDrops
 from retentiond.log import get_logger
 from retentiond.policy.model import Policy, Rule
 from retentiond.state.cases import read_holds
@@ -116,7 +117,7 @@ Outcome = tuple[int, bool]  # records disposed by one batch, whether the selecti
 Step = Callable[[Selection], "Outcome | None"]
 
 
-class Executor:
+class Executor(PartitionDrops):
     def __init__(self, policy: Policy, state: Engine, adapters: dict[str, Adapter],
                  run_id: str, should_stop: Callable[[], bool] = lambda: False) -> None:
         self.policy = policy
@@ -146,72 +147,6 @@ class Executor:
             if done is not None:
                 return dropped + done
         return dropped + self._loop_all(sel, self._scan_step(sel, result))
-
-    def _drop_partitions(self, sel: Selection, result: RuleResult) -> int:
-        """``partitions: drop``: each partition the adapter offers is disposed as a unit (see
-        ``adapters/sql_partitions.py``), its records' references written as intents of
-        ``batch_size`` before the store commits and ledgered from them after, exactly as a
-        row sweep's batches; a partition that no longer qualifies under lock, or whose drop
-        fails, is left to the row sweep that follows. Holds are re-read before each
-        partition and again by the adapter once the partition is locked."""
-        rule = sel.rule
-        adapter = self.adapters[rule.store]
-        offered = adapter.partitions(sel, count=False)
-        if result.partitions is None:
-            result.partitions = []
-        done = 0
-        for entry in offered:
-            if not entry["drop"]:
-                result.partitions.append(entry)
-                continue
-            current = self.refresh(sel)
-            if current is None:
-                self.stopped_by_hold = True
-                return done
-            written: list[int] = []
-
-            def intent(keys: list[Any], current: Selection = current,
-                       written: list[int] = written) -> None:
-                refs = self.refs.records(rule.store, rule.target, keys)
-                written.append(self._intent(current, refs, ledger.refs_json(refs)))
-
-            try:
-                n = adapter.drop_partition(current, entry["partition"], self.policy.batch_size,
-                                           self.refresh, intent)
-            except DropDeclined as exc:
-                result.partitions.append({**entry, "drop": False, "reason": exc.reason})
-                self._settle(written)  # none: it declines before reading keys
-                continue
-            except StoreUnreachable:
-                raise  # the intents stay for the next sweep's reconciliation
-            except StoreError as exc:
-                # Rolled back (or a commit whose outcome is unknown): the store decides.
-                settled = self._settle(written)
-                done += settled
-                result.done += settled
-                reason = f"the drop failed ({exc}); swept row by row"
-                result.partitions.append({**entry, "drop": settled > 0, "reason": reason})
-                log.warning("partition not dropped", rule=rule.id, reason=reason)
-                continue
-            for intent_id in written:
-                self._record_pending(current, intent_id)
-            result.partitions.append({**entry, "rows": n})
-            result.done += n
-            done += n
-            if self.should_stop():
-                self.stopped = True
-                return done
-        return done
-
-    def _record_pending(self, sel: Selection, intent: int) -> None:
-        """Ledger an intent whose records are known disposed, reading its references back
-        from the state database (a dropped partition's refs are never all in memory)."""
-        with self.state.connect() as conn:
-            encoded = conn.execute(select(pending_t.c.record_refs)
-                                   .where(pending_t.c.id == intent)).scalar()
-        if encoded is None:
-            return  # another sweep's reconciliation settled it
-        self._record(sel, intent, json.loads(encoded), encoded)
 
     def _settle(self, intents: Sequence[int]) -> int:
         """Settle these intents now against what the store holds (as :meth:`reconcile`)."""
