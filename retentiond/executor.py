@@ -13,19 +13,21 @@ disposed record is in the ledger exactly once.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, delete, insert, select
+from sqlalchemy import Table, and_, delete, insert, select
+from sqlalchemy import func as sa_func
 from sqlalchemy.engine import Connection, Engine
 
 from retentiond import planner
 from retentiond.adapters.base import Adapter, Selection, merge_counts
 from retentiond.audit import ledger
 from retentiond.errors import RecordsFailed, StoreError, failure_line
+from retentiond.executor_drop import PartitionDrops
 from retentiond.log import get_logger
 from retentiond.policy.model import Policy, Rule
 from retentiond.state.cases import read_holds
@@ -61,6 +63,8 @@ class RuleResult:
     blocked_by: list[dict[str, Any]] = field(default_factory=list)  # {constraint, table, count}
     # Rows of other tables deleted or rewritten through CASCADE / SET NULL keys.
     cascaded: list[dict[str, Any]] = field(default_factory=list)  # {.., action, count}
+    # partitions: drop: {partition, rows, drop, reason} per partition considered (None: off).
+    partitions: list[dict[str, Any]] | None = None
 
     def records_failed(self, reasons: Mapping[str, int]) -> None:
         """Count records that failed alone (their batch's others were disposed); the rule's
@@ -83,6 +87,8 @@ class RuleResult:
             doc["warnings"] = self.warnings
         if self.strategies:
             doc["strategies"] = self.strategies
+        if self.partitions is not None:
+            doc["partitions"] = self.partitions
         return doc
 
 
@@ -112,7 +118,7 @@ Outcome = tuple[int, bool]  # records disposed by one batch, whether the selecti
 Step = Callable[[Selection], "Outcome | None"]
 
 
-class Executor:
+class Executor(PartitionDrops):
     def __init__(self, policy: Policy, state: Engine, adapters: dict[str, Adapter],
                  run_id: str, should_stop: Callable[[], bool] = lambda: False, *,
                  lock: AbstractContextManager[Any] | None = None) -> None:
@@ -136,11 +142,22 @@ class Executor:
         ``anonymize_next``), else the adapter's scan and a mutator per batch; either way the
         same loop (:meth:`_loop`) re-reads holds before every batch and honours a stop."""
         sel = self._prepare(sel)
+        dropped = 0
+        if sel.rule.partitions == "drop":
+            dropped = self._drop_partitions(sel, result)
+            if self.stopped or self.stopped_by_hold:
+                return dropped
         if sel.action in FAST_ACTIONS:
             done = self._loop(sel, self._fast_step(sel, result))
             if done is not None:
-                return done
-        return self._loop_all(sel, self._scan_step(sel, result))
+                return dropped + done
+        return dropped + self._loop_all(sel, self._scan_step(sel, result))
+
+    def _settle(self, intents: Sequence[int]) -> int:
+        """Settle these intents now against what the store holds (as :meth:`reconcile`)."""
+        if not intents:
+            return 0
+        return self._reconcile_rows(pending_t.c.id.in_(intents))
 
     def apply(self, sel: Selection, keys: Sequence[Any], result: RuleResult) -> int:
         """Dispose exactly these keys (replay after a restore), in batches."""
@@ -360,35 +377,79 @@ class Executor:
     def reconcile(self, stores: Collection[str] | None = None) -> int:
         """Ledger the records of intents left by a crash that are gone from their store (of
         ``stores`` only, when given: other replicas reconcile theirs)."""
+        live = select(runs_t.c.id).where(runs_t.c.status == "running",
+                                         runs_t.c.id != self.run_id)
+        which: Any = pending_t.c.run_id.not_in(live)
+        if stores is not None:
+            which = and_(which, pending_t.c.store.in_(sorted(stores)))
+        return self._reconcile_rows(which)
+
+    def _reconcile_rows(self, which: Any) -> int:
+        """Ledger what is gone of the records of the intents ``which`` selects. Intents of one
+        rule are asked of the store together, up to :data:`RECONCILE_REFS` references at a
+        time: the adapter reads the table once per call, not once per intent (a dropped
+        partition leaves many), and only one such group of references is in memory."""
         with self.state.connect() as conn:
-            live = select(runs_t.c.id).where(runs_t.c.status == "running",
-                                             runs_t.c.id != self.run_id)
-            rows = conn.execute(select(pending_t).where(pending_t.c.run_id.not_in(live))
-                                .order_by(pending_t.c.id)).all()
+            heads = conn.execute(select(pending_t.c.id, pending_t.c.store, pending_t.c.rule,
+                                        pending_t.c.action, pending_t.c.target,
+                                        sa_func.length(pending_t.c.record_refs))
+                                 .where(which).order_by(pending_t.c.id)).all()
         settled = 0
-        for row in rows:
-            if stores is not None and row.store not in stores:
-                continue
-            adapter = self.adapters.get(row.store)
-            rule = next((r for r in self.policy.rules if r.id == row.rule), None)
+        groups: dict[tuple[str, str, str, str], list[Any]] = {}
+        for head in heads:
+            groups.setdefault(tuple(head[1:5]), []).append(head)
+        for (store, rule_id, action, target), group in groups.items():
+            adapter = self.adapters.get(store)
+            rule = next((r for r in self.policy.rules if r.id == rule_id), None)
             if adapter is None or rule is None:
-                log.warning("intent left unreconciled", rule=row.rule, store=row.store)
+                log.warning("intent left unreconciled", rule=rule_id, store=store)
                 continue
-            refs = json.loads(row.record_refs)
-            present = adapter.remaining(rule, row.action, set(refs),
-                                        self.refs.record_fn(row.store, row.target))
-            gone = [r for r in refs if r not in present]
-            draft = ledger.Draft(kind=kind_of(row.reason), run_id=row.run_id, rule=row.rule,
-                                 store=row.store, target=row.target, action=row.action,
-                                 reason=row.reason, record_refs=gone, subject_ref=row.subject_ref,
-                                 detail={**json.loads(row.detail), "count": len(gone),
-                                         "reconciled": True, "intent": row.id})
-            with self.lock, self.state.begin() as conn:
-                if not claim(conn, row.id):
-                    continue  # another sweep settled it first
-                if gone:
-                    ledger.append(conn, [draft])
-            settled += len(gone)
-            log.info("intent reconciled", rule=row.rule, disposed=len(gone),
-                     untouched=len(present))
+            ref_of = self.refs.record_fn(store, target)
+            for chunk in _chunks(group):
+                with self.state.connect() as conn:
+                    rows = conn.execute(select(pending_t).where(pending_t.c.id.in_(
+                        [h[0] for h in chunk])).order_by(pending_t.c.id)).all()
+                refs = {row.id: json.loads(row.record_refs) for row in rows}
+                present = adapter.remaining(rule, action, {r for v in refs.values() for r in v},
+                                            ref_of)
+                for row in rows:
+                    settled += self._settle_row(row, refs.pop(row.id), present)
         return settled
+
+    def _settle_row(self, row: Any, refs: list[str], present: set[str]) -> int:
+        gone = [r for r in refs if r not in present]
+        draft = ledger.Draft(kind=kind_of(row.reason), run_id=row.run_id, rule=row.rule,
+                             store=row.store, target=row.target, action=row.action,
+                             reason=row.reason, record_refs=gone, subject_ref=row.subject_ref,
+                             detail={**json.loads(row.detail), "count": len(gone),
+                                     "reconciled": True, "intent": row.id})
+        with self.lock, self.state.begin() as conn:
+            if not claim(conn, row.id):
+                return 0  # another sweep settled it first
+            if gone:
+                ledger.append(conn, [draft])
+        log.info("intent reconciled", rule=row.rule, disposed=len(gone),
+                 untouched=len(refs) - len(gone))
+        return len(gone)
+
+
+#: References asked of a store at once when settling intents (memory: ~150 bytes each).
+RECONCILE_REFS = 200_000
+RECONCILE_INTENTS = 1000  # and intents at once (their ids are bound parameters)
+
+
+def _chunks(heads: list[Any]) -> Iterator[list[Any]]:
+    """Intents in groups of at most :data:`RECONCILE_REFS` references and
+    :data:`RECONCILE_INTENTS` intents (at least one intent each), sized from the length of
+    their JSON (a reference takes 68 characters there)."""
+    chunk: list[Any] = []
+    size = 0
+    for head in heads:
+        n = int(head[5] or 0) // 66 + 1
+        if chunk and (size + n > RECONCILE_REFS or len(chunk) >= RECONCILE_INTENTS):
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(head)
+        size += n
+    if chunk:
+        yield chunk

@@ -254,13 +254,24 @@ def _sweep_rule(app: App, plan: planner.RulePlan, result: RuleResult,
     _references(adapter, planned, result, tracker, cascades=executor is None)
     isolates = "isolate" in (rule.action, rule.on_erasure) and plan.hold is None
     if executor is None:
-        if isolates:
-            result.purged = sum(len(b) for b in adapter.scan_isolated(
-                rule, planned[0][1].now if planned else _now(), app.policy.batch_size))
+        _plan_only(app, adapter, plan, planned, result, isolates=isolates)
         return
     _execute(adapter, planned, result, executor, tracker)
     if isolates and not executor.stopped:
         executor.purge(rule, _now(), result)
+
+
+def _plan_only(app: App, adapter: Adapter, plan: planner.RulePlan,
+               planned: list[tuple[planner.OpenRequest | None, Selection, int]],
+               result: RuleResult, *, isolates: bool) -> None:
+    """What a plan shows beyond counts: the partitions a run would drop, the isolated records
+    it would purge."""
+    rule = plan.rule
+    if rule.partitions == "drop" and plan.time is not None:
+        result.partitions = adapter.partitions(plan.time)
+    if isolates:
+        result.purged = sum(len(b) for b in adapter.scan_isolated(
+            rule, planned[0][1].now if planned else _now(), app.policy.batch_size))
 
 
 def _references(adapter: Adapter,

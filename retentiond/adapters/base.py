@@ -150,6 +150,16 @@ def merge_counts(into: list[dict[str, Any]], more: Sequence[dict[str, Any]]) -> 
             same["count"] += m["count"]
 
 
+class DropDeclined(Exception):
+    """A partition offered for ``partitions: drop`` no longer qualified when checked under
+    lock (:meth:`Adapter.drop_partition`); nothing was changed, ``reason`` says why (no
+    values)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
 @dataclass(frozen=True)
 class NextBatch:
     """What one fast-path statement did: the keys it ``disposed`` (ascending) and the last key
@@ -174,6 +184,8 @@ class Adapter(abc.ABC):
 
     name: ClassVar[str]
     actions: ClassVar[frozenset[str]]
+    #: Whether the adapter can dispose a partition as a unit (``partitions: drop``).
+    drops_partitions: ClassVar[bool] = False
 
     def __init__(self, store_name: str, store: Store, policy: Policy) -> None:
         self.store_name = store_name
@@ -190,6 +202,9 @@ class Adapter(abc.ABC):
             if wanted not in (None, "keep") and wanted not in cls.actions:
                 problems.append((attr, f"adapter {cls.name!r} cannot {wanted}; it supports "
                                  f"{', '.join(sorted(cls.actions))}"))
+        if rule.partitions == "drop" and not cls.drops_partitions:
+            problems.append(("partitions", f"drop is only for sql stores on PostgreSQL; "
+                             f"adapter {cls.name!r} cannot drop partitions"))
         return problems
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -280,6 +295,21 @@ class Adapter(abc.ABC):
     def remaining(self, rule: Rule, action: str, refs: set[str],
                   ref_of: Callable[[Any], str]) -> set[str]:
         """The subset of ``refs`` whose records are still present and not disposed."""
+
+    def partitions(self, selection: Selection, *, count: bool = True
+                   ) -> list[dict[str, Any]]:
+        """What ``partitions: drop`` would do with a time selection (read-only, ``plan``):
+        ``[{partition, rows, drop, reason}]``; ``count=False`` skips counting the rows (the
+        drop checks them under lock). Default: nothing (every record row by row)."""
+        return []
+
+    def drop_partition(self, selection: Selection, partition: str, limit: int,
+                       refresh: Callable[[Selection], Selection | None],
+                       intent: Callable[[list[Any]], None]) -> int:
+        """Dispose one partition :meth:`partitions` offered as a unit (executor only), calling
+        ``intent`` per ``limit`` keys before the store commits. Only adapters with
+        ``drops_partitions`` are asked."""
+        raise NotImplementedError
 
     def facts(self, rules: Sequence[Rule], key: Any) -> Facts | None:
         """One record as each of ``rules`` (all on one target) sees it, for ``explain``;

@@ -30,6 +30,7 @@ from sqlalchemy.exc import DBAPIError, NoSuchTableError, OperationalError
 from retentiond.adapters.base import Adapter, Candidate, NextBatch, Problem, Selection
 from retentiond.adapters.sql_actions import SqlActions, isolated_name
 from retentiond.adapters.sql_checks import SqlChecks
+from retentiond.adapters.sql_partitions import SqlPartitions
 from retentiond.adapters.sql_refs import Reference, SqlRefs
 from retentiond.adapters.sqlclock import BadClock, bad, clock_instant, clock_parts, real_time
 from retentiond.adapters.sqlexpr import (
@@ -58,9 +59,10 @@ log = get_logger(__name__)
 _TIME_TYPES = (sa.DateTime, sa.Date, sa.String, sa.Integer)
 
 
-class SqlAdapter(SqlChecks, SqlActions, SqlRefs, Adapter):
+class SqlAdapter(SqlChecks, SqlActions, SqlRefs, SqlPartitions, Adapter):
     name: ClassVar[str] = "sql"
     actions: ClassVar[frozenset[str]] = frozenset({"delete", "anonymize", "isolate"})
+    drops_partitions: ClassVar[bool] = True
 
     def __init__(self, store_name: str, store: Store, policy: Policy) -> None:
         super().__init__(store_name, store, policy)
@@ -100,6 +102,7 @@ class SqlAdapter(SqlChecks, SqlActions, SqlRefs, Adapter):
                 (rule.isolate and rule.isolate.for_) or store.backups):
             problems.append(("isolate", "isolate needs isolate.for, or backups.retention on "
                              f"store {rule.store!r}, to know when to purge"))
+        problems += _partition_problems(rule, store)
         isolated = {isolated_name(r) for r in policy.rules if r.store == rule.store
                     and "isolate" in (r.action, r.on_erasure)}
         if rule.table in isolated:
@@ -220,6 +223,7 @@ class SqlAdapter(SqlChecks, SqlActions, SqlRefs, Adapter):
                                  f"{type_name(table.c[column].type)}"))
         if rule.where:
             problems += self._check_where(table, rule.where)
+        problems += self.validate_partitions(rule)
         return problems + self.preflight(rule) + self.validate_actions(rule, table)
 
     def _check_key(self, table: sa.Table, key: Sequence[str]) -> list[Problem]:
@@ -517,6 +521,24 @@ class SqlAdapter(SqlChecks, SqlActions, SqlRefs, Adapter):
                 intent(disposed)
         log.warning("records failed", failed=sum(failed.values()), disposed=len(disposed))
         return NextBatch(disposed, picked[-1] if picked else None, failed)
+
+
+def _partition_problems(rule: Rule, store: Store) -> list[Problem]:
+    """``partitions: drop`` needs a delete rule on a PostgreSQL store (a URL kept in a secret
+    is checked live, by :meth:`SqlAdapter.validate`)."""
+    if rule.partitions != "drop":
+        return []
+    if rule.action != "delete":
+        return [("partitions", f"drop needs action delete (the rule's action is "
+                 f"{rule.action}); remove partitions: drop")]
+    backend = str(store.url or "").split(":", 1)[0].split("+", 1)[0]
+    if backend and backend not in ("postgresql", "postgres"):
+        return [("partitions", f"drop works only on PostgreSQL; store {rule.store!r} is "
+                 f"{backend}")]
+    if rule.dispose_after is None:
+        return [("partitions", "drop needs dispose_after (only time-based disposal drops "
+                 "partitions)")]
+    return []
 
 
 def _no_jit(dbapi_conn: Any, _: Any) -> None:

@@ -55,6 +55,7 @@ class SqlChecks:
         def _errors(self, doing: str) -> AbstractContextManager[None]: ...
         def _match_only(self, rule: Rule, table: sa.Table, now: datetime) -> list[Any]: ...
         def count_bad_clock(self, rule: Rule) -> int: ...
+        def partition_warnings(self, rule: Rule) -> list[Problem]: ...
 
     def preflight(self, rule: Rule) -> list[Problem]:
         table = self.table(rule)
@@ -111,6 +112,8 @@ class SqlChecks:
         if rule.clock and rule.clock in table.c:
             out += self._clock_warnings(rule, table, count_bad=count_bad)
         out += self._marker_warnings(rule, table, ledgered)
+        if count_bad:  # config validate; plan and run name these per partition themselves
+            out += self.partition_warnings(rule)
         return out
 
     def _clock_warnings(self, rule: Rule, table: sa.Table, *, count_bad: bool

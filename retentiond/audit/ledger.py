@@ -83,9 +83,27 @@ def key_text(key: Any) -> str:
     00:00:00``, for a one-column key (what ledgers written before hold), on every path: scan,
     ``RETURNING``, ``explain``, replay and reconciliation."""
     if isinstance(key, tuple):
-        return json.dumps([_component(v) for v in key], separators=(",", ":"),
-                          ensure_ascii=False)
+        parts = [(_BY_TYPE.get(type(v)) or _component)(v) for v in key]
+        if _PLAIN.issuperset(map(type, key)):
+            return '["' + '","'.join(parts) + '"]'  # what JSON makes of texts it never escapes
+        return _KEY_JSON(parts)
     return str(key)
+
+
+# json.dumps with these arguments builds a new encoder per call (most of a composite key's
+# cost on a partition drop); one encoder gives the same text.
+_KEY_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+# Components whose canonical text holds no quote, backslash or control character.
+_PLAIN = frozenset({int, datetime, date, time, Decimal})
+
+
+def _time_text(value: datetime) -> str:
+    return (value.astimezone(UTC) if value.tzinfo is not None else value).isoformat()
+
+
+# _component of the commonest exact types without its isinstance chain (same text).
+_BY_TYPE: dict[type, Callable[[Any], str]] = {int: str, str: str, datetime: _time_text,
+                                              date: date.isoformat}
 
 
 class Refs:

@@ -70,6 +70,7 @@ def _show(app: App, report: SweepReport) -> None:
         for text in r.warnings or ():
             output.line(f"[yellow]warning:[/yellow] {escape(text)}")
         _references(r, report.dry_run)
+        _partitions(r, report.dry_run)
         if r.purged:
             output.line(f"rule {r.rule}: {r.purged} isolated records "
                         f"{'would be ' if report.dry_run else ''}purged")
@@ -94,6 +95,20 @@ def _references(r: RuleResult, dry_run: bool) -> None:
         what = "deleted" if c["action"] == "delete" else "set to NULL"
         output.line(f"rule {r.rule}: {c['count']} rows of {c['table']} "
                     f"{'would be ' if dry_run else ''}{what} through {c['constraint']}")
+
+
+def _partitions(r: RuleResult, dry_run: bool) -> None:
+    """``partitions: drop``: the partitions dropped (or to be), and why others are swept row
+    by row (names and counts only)."""
+    for p in r.partitions or ():
+        if p["partition"] is None:
+            output.line(f"rule {r.rule}: no partition dropped: {p['reason']}")
+        elif p["drop"]:
+            verb = "would be dropped" if dry_run else "dropped"
+            output.line(f"rule {r.rule}: partition {p['partition']} {verb} ({p['rows']} rows)")
+        else:
+            output.line(f"rule {r.rule}: partition {p['partition']} swept row by row: "
+                        f"{p['reason']}")
 
 
 def _action(r: RuleResult) -> str:

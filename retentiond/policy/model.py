@@ -321,6 +321,9 @@ class Rule(_Model):
     prune_empty_dirs: StrictBool = False  # files: remove directories a delete leaves empty
     subject_tag: str | None = None  # s3: the object tag holding the subject id
     versions: Literal["all", "current"] = "all"  # s3: what a disposal removes
+    # sql on PostgreSQL, delete rules: dispose a wholly-due partition as a unit (README,
+    # "partitions: drop"); "rows" sweeps every partition row by row.
+    partitions: Literal["rows", "drop"] = "rows"
 
     @property
     def key_columns(self) -> tuple[str, ...]:
