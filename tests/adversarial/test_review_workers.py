@@ -5,8 +5,14 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+
+import pytest
 import sqlalchemy as sa
 
 from retentiond.state import runs
@@ -15,6 +21,7 @@ from retentiond.state.lease import NAME, LeaseGroup, SweepLease, Timings, store_
 from retentiond.state.replicas import Replica
 from tests.conftest import Workspace
 from tests.integration.helpers import ledger, record_ref, state_exec, state_rows
+from tests.integration.slowsql import windows
 
 HOST = this_host()
 OLD = datetime(2019, 6, 1, 12, 0, 0)
@@ -167,3 +174,47 @@ def test_two_one_shot_commands_over_the_same_stores_never_hold_them_crosswise(
         second.release()
         engine.dispose()
 
+
+
+# -- 4. Ctrl-C / SIGINT of `run` with workers > 1 --------------------------------------------
+def _slow_run(ws: Workspace, workers: int, rows: int) -> subprocess.Popen[bytes]:
+    root = Path(__file__).resolve().parents[2]
+    urls = {s: _store(ws.root / f"{s}.db", range(1, rows + 1)) for s in ("a", "b")}
+    ws.policy({s: {"adapter": "slowsql", "url": u} for s, u in urls.items()},
+              [{"id": f"{s}-invites", "store": s, "table": "invites", "key": "id",
+                "clock": "sent_at", "dispose_after": "1y", "action": "delete"}
+               for s in ("a", "b")], batch_size=1, workers=workers)
+    env = {**os.environ, "PYTHONPATH": str(root),
+           "RETENTIOND_TEST_WINDOWS": str(ws.root / "windows.txt")}
+    env.pop("RETENTIOND_CONFIG", None)
+    return subprocess.Popen([sys.executable, "-m", "tests.integration.slowsql", "--config",
+                             str(ws.config), "run"], env=env, cwd=root,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_sigint_stops_a_run_with_workers_after_the_batch_in_flight(ws: Workspace,
+                                                                 workers: int) -> None:
+    """With `workers: 1` a Ctrl-C ends `run` at once (KeyboardInterrupt in the sweeping
+    thread). With `workers: 2` the main thread only waits on the pool: KeyboardInterrupt
+    leaves the `with ThreadPoolExecutor` block, whose exit *joins* the workers, which never
+    see a stop (`run`'s should_stop is only "lease lost"): every store is swept to its end
+    before the process reacts. A second Ctrl-C interrupts that join; `one_shot` then releases
+    the store leases (free: anyone takes them at once) while the non-daemon worker threads
+    are still disposing their batch in flight."""
+    proc = _slow_run(ws, workers=workers, rows=120)  # 120 batches of >= 50 ms per store: >= 6 s
+    try:
+        trace = ws.root / "windows.txt"
+        deadline = time.monotonic() + 60
+        while len(windows(trace)) < 4 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(windows(trace)) >= 4, "the run never started sweeping"
+        proc.send_signal(signal.SIGINT)
+        sent = time.time()
+        proc.wait(60)
+        late = [w for w in windows(trace) if w[2] > sent + 0.5]
+        assert len(late) <= 2, f"{len(late)} batches started after SIGINT"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
