@@ -218,3 +218,31 @@ def test_sigint_stops_a_run_with_workers_after_the_batch_in_flight(ws: Workspace
         if proc.poll() is None:
             proc.kill()
             proc.wait(30)
+
+
+def test_a_dead_holder_named_only_by_the_lease_of_a_removed_store_is_marked_crashed(
+        tmp_path: Path) -> None:
+    """The same root cause as the `sweep` row: a replica on another host dies mid-sweep holding
+    store `gone`, which the policy then drops. No replica ticks `store:gone` any more, so the
+    row names the dead holder forever; `mark_crashed` takes any lease row's holder for alive,
+    so the dead run's intents (of every store) are never reconciled."""
+    engine = _state(tmp_path)
+    dead = "elsewhere.example:4343:gone0001"
+    now = datetime.now(UTC)
+    with engine.begin() as conn:
+        conn.execute(sa.text("insert into lease (name, holder, version) values (:n, :h, 9)"),
+                     {"n": store_lease("gone"), "h": dead})
+        conn.execute(sa.text("insert into runs (id, started_at, as_of, dry_run, status, "
+                             "policy_digest, holder) values ('deadrun2', :t, :t, false, "
+                             "'running', 'x', :h)"), {"t": now, "h": dead})
+    clock = Clock()
+    replica = Replica(engine, Timings(ttl=3, renew=1), ["app"], clock=clock)
+    try:
+        for _ in range(10):  # well past the TTL: the survivor holds every store of the policy
+            replica.tick()
+            clock.now += 1
+        assert replica.held_stores() == ["app"]
+        assert runs.mark_crashed(engine) == ["deadrun2"]
+    finally:
+        replica.stop()
+        engine.dispose()
