@@ -35,8 +35,11 @@ def run(app: App, rule_ids: Sequence[str], dry_run: bool, wait: float = 0.0) -> 
         names = [lease.store_lease(s) for s in dict.fromkeys(r.store for r in rules)]
         with lease.one_shot(app.state, lease.Timings.from_env(os.environ), wait=wait,
                             names=names) as held:
+            # --rule: only the stores whose leases it holds (their crashed intents included;
+            # the holders of the other stores reconcile theirs)
             report = sweep(app, dry_run=False, rule_ids=rule_ids, holder=held.holder,
-                           should_stop=lambda: not held.held())
+                           should_stop=lambda: not held.held(),
+                           stores={r.store for r in rules} if rule_ids else None)
     _show(app, report)
     _unreachable(report)
     return report.exit_code

@@ -253,9 +253,13 @@ class LeaseGroup:
         return all(lease.held() for lease in self.leases)
 
     def tick(self) -> bool:
-        """Renew the leases held, try the others; whether this tick holds them all."""
-        self._waiting = [lease for lease in self.leases
-                         if lease.tick() not in ("acquired", "taken over", "renewed")]
+        """Renew the leases held, try the others in name order (none after the first it
+        cannot take: only watched, so two groups never hold each other's leases crosswise);
+        whether this tick holds them all."""
+        self._waiting = []
+        for lease in self.leases:
+            if lease.tick(take=not self._waiting) not in ("acquired", "taken over", "renewed"):
+                self._waiting.append(lease)
         return not self._waiting
 
     def waiting_on(self) -> SweepLease:
