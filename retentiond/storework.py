@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 
 from retentiond.executor import Executor, RuleResult
 from retentiond.policy.model import Rule
@@ -59,10 +59,20 @@ class StoreWork:
                 if rule.store not in self._ended:
                     self._rule(rule)
         else:
-            with ThreadPoolExecutor(max_workers=min(workers, len(groups)),
-                                    thread_name_prefix="retentiond-store") as pool:
-                futures = [pool.submit(self._store, group) for group in groups.values()]
+            pool = ThreadPoolExecutor(max_workers=min(workers, len(groups)),
+                                      thread_name_prefix="retentiond-store")
+            futures = [pool.submit(self._store, group) for group in groups.values()]
+            try:
                 errors = [f.exception() for f in futures]
+            except BaseException:
+                # Ctrl-C (KeyboardInterrupt) reaches only this thread: every store stops
+                # after its batch in flight, and only then does the caller go on (and
+                # release the stores' leases); a second Ctrl-C does not cut that short.
+                self._halt = True
+                _join(futures)
+                raise
+            finally:
+                pool.shutdown(wait=True)
             first = next((e for e in errors if e is not None), None)
             if first is not None:
                 raise first
@@ -110,3 +120,13 @@ class StoreWork:
         with self._lock:
             self._ended.add(store)
             self.stopped = True
+
+
+def _join(futures: list[Future[None]]) -> None:
+    """Wait for every future, whatever interrupts the waiting thread meanwhile."""
+    while True:
+        try:
+            wait(futures)
+            return
+        except KeyboardInterrupt:
+            continue
