@@ -131,6 +131,7 @@ class Daemon:
         self.last: tuple[str, SweepReport, datetime] | None = None
         self.last_error: str | None = None
         self._standby_of: dict[str, str | None] = {}
+        self._old_holder: str | None = None  # of the pre-0005 `sweep` row, while it lives
 
     # -- life cycle ---------------------------------------------------------------------------
     def run(self) -> int:
@@ -238,6 +239,11 @@ class Daemon:
         held = bool(self.replica.held_stores())
         self.metrics.lease_held.set(1 if held else 0)
         changed = False
+        old = self.replica.old.other if self.replica.old_alive else None
+        if old != self._old_holder:  # a pre-upgrade daemon sweeps every store: we wait
+            self._old_holder = old
+            if old is not None:
+                log.info("standby: the old sweep lease is held", lease_holder=old)
         for store, outcome in outcomes.items():
             other = self.replica.leases[store].other if store in self.replica.leases else None
             if outcome in ("acquired", "taken over", "lost", "released"):

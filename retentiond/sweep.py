@@ -110,7 +110,7 @@ def sweep(app: App, *, dry_run: bool, rule_ids: Sequence[str] = (),
     report = SweepReport(run_id=uuid.uuid4().hex, dry_run=dry_run, as_of=now,
                          time_based=time_based)
     state = app.state
-    crashed = runs.mark_crashed(state)
+    crashed = runs.mark_crashed(state, stores=policy.stores)
     if crashed:
         log.warning("crashed runs found", run_ids=crashed)
     with state.begin() as conn:

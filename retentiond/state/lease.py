@@ -26,6 +26,14 @@ command refuses (exit 3) once it knows the holder is alive (a live process on th
 a renewal seen) and ``--wait`` seconds have passed; a holder that stays silent is taken over
 after the TTL, as a replica would.
 
+Upgrades: releases before per-store leases (state revision 0004) hold one ``sweep`` row for
+every store. Migration 0005 leaves it, and while its holder may be alive (it is renewed, or a
+live process on this machine holds it) it counts as holding every store: replicas and one-shot
+commands take no store lease (:meth:`SweepLease.watch`; a one-shot command waits or refuses as
+for a held store lease). Once it has been unchanged for the TTL (or its process on this
+machine is gone) whoever watches it clears it with a compare-and-set, and the store leases are
+taken as usual: old replicas are respected until they stop.
+
 A row rather than a PostgreSQL advisory lock: it works the same on SQLite (one host, several
 processes) and PostgreSQL, needs no long-lived session, and ``status`` can show who holds it.
 """
@@ -64,6 +72,9 @@ def store_lease(store: str) -> str:
 
 def describe(name: str) -> str:
     """How messages name a lease: ``the lease of store app``."""
+    if name == NAME:
+        return "the old sweep lease, which covers every store (of a release before per-store " \
+            "leases)"
     return f"the lease of store {name[len(STORE):]}" if name.startswith(STORE) else \
         f"the {name} lease"
 
@@ -229,6 +240,42 @@ class SweepLease:
                                                  lease_t.c.version == version).values(**values))
         return res.rowcount == 1
 
+    def watch(self) -> bool:
+        """For a lease nobody of this release takes (the ``sweep`` row of releases before
+        per-store leases, the lease of a store removed from the policy): whether its holder
+        may still be sweeping. A holder is timed exactly as :meth:`tick` times another
+        holder (``other``, ``other_alive``); once it is a dead process on this machine, or its
+        version has stayed the same for the TTL on this process's clock, the row is cleared
+        (compare-and-set: holder NULL, version + 1) and False returned. A free row: False."""
+        start = self._clock()
+        with self.engine.begin() as conn:
+            row = conn.execute(select(lease_t).where(lease_t.c.name == self.name)).first()
+            if row is None or row.holder is None:
+                self.other, self.other_alive = None, False
+                return False
+            if row.holder == self.holder:
+                return True  # ours: never cleared by ourselves
+            if row.holder != self.other:
+                self.other, self.other_alive = row.holder, False
+            local = here(row.holder)
+            if local is not False:
+                if self._seen != (row.holder, row.version):
+                    self.other_alive = local is True or (self._seen is not None
+                                                         and self._seen[0] == row.holder)
+                    self._seen, self._seen_at = (row.holder, row.version), start
+                    return True
+                self.other_alive = self.other_alive or local is True
+                if start - self._seen_at < self.timings.ttl:
+                    return True
+            cleared = conn.execute(update(lease_t).where(
+                lease_t.c.name == self.name, lease_t.c.version == row.version).values(
+                holder=None, version=row.version + 1, expires_at=None)).rowcount == 1
+        if not cleared:
+            return True  # it changed meanwhile: watched again next time
+        log.info("stale lease cleared", lease=self.name, lease_holder=row.holder)
+        self.other, self.other_alive = None, False
+        return False
+
     def release(self) -> bool:
         """Give the lease up (clean shutdown) so another replica takes it at once."""
         self._valid_until = 0.0
@@ -241,12 +288,15 @@ class SweepLease:
 
 class LeaseGroup:
     """Several leases taken and held together by one holder: a one-shot command's stores.
-    Taken in name order, so two commands never wait on each other crosswise for long."""
+    Taken in name order, so two commands never wait on each other crosswise for long. Store
+    leases are taken only while the ``sweep`` row of releases before per-store leases is free
+    or stale (:meth:`SweepLease.watch`): a live pre-upgrade daemon holds every store."""
 
     def __init__(self, engine: Engine, timings: Timings, names: Sequence[str]) -> None:
         self.holder = holder_id()
         self.leases = [SweepLease(engine, timings, self.holder, name=n)
                        for n in sorted(set(names))]
+        self.old = None if NAME in names else SweepLease(engine, timings, self.holder)
         self._waiting: list[SweepLease] = []
 
     def held(self) -> bool:
@@ -257,6 +307,8 @@ class LeaseGroup:
         cannot take: only watched, so two groups never hold each other's leases crosswise);
         whether this tick holds them all."""
         self._waiting = []
+        if self.old is not None and self.old.watch():
+            self._waiting.append(self.old)  # every store lease only watched meanwhile
         for lease in self.leases:
             if lease.tick(take=not self._waiting) not in ("acquired", "taken over", "renewed"):
                 self._waiting.append(lease)

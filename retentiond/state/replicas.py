@@ -25,6 +25,19 @@ batch in flight) before anyone else may start, as with any lease. Shares are mom
 uneven while replicas come and go (a new replica counts at once; a dead one only after the
 TTL), never overlapping.
 
+Two kinds of rows no replica of this release renews are watched on every tick as well (with
+:meth:`retentiond.state.lease.SweepLease.watch`, on this replica's monotonic clock):
+
+- the ``sweep`` row of releases before per-store leases (before state revision 0005). While
+  its holder may be alive (renewed within the TTL, or a live process on this machine) it
+  holds every store: this replica takes no store lease and releases those it holds (except
+  while sweeping them). A rolling upgrade needs no stop of every old replica: the new ones
+  wait until the old ones stop; the row is cleared once unchanged for the TTL;
+- the leases of stores this replica's policy no longer has: once unchanged for the TTL (or
+  of a dead process on this machine) they are cleared, so the run of a dead holder they name
+  counts as crashed (:mod:`retentiond.state.runs`) and ``status`` no longer shows them held.
+  A replica or one-shot command whose policy still has the store renews it: never cleared.
+
 No lease for request passes: a request pass over a store is a sweep of that store, so the
 store's holder does it; a request closes when the outcome stored over all replicas' sweeps
 shows every one of its rules served (:func:`retentiond.state.cases.settle_served`).
@@ -60,6 +73,9 @@ class Replica:
         self.live = 1
         self.share = 0
         self._peers: dict[str, tuple[Any, float]] = {}  # heartbeat -> (version, first seen)
+        self.old = SweepLease(engine, timings, self.holder, clock)  # the pre-0005 `sweep` row
+        self.old_alive = False  # its holder may be sweeping every store: we take none
+        self._orphans: dict[str, SweepLease] = {}  # leases of stores not in our policy
         self._lock = threading.Lock()
         self.set_stores(stores)
 
@@ -100,13 +116,16 @@ class Replica:
         start = self._clock()
         self.beat.tick()
         self.live = self._count_live(start)
+        self.old_alive = self.old.watch()
+        self._clear_orphans()
         with self._lock:
             self.share = -(-len(self.leases) // self.live)
+            limit = 0 if self.old_alive else self.share  # a live old daemon holds them all
             outcomes = {s: lease.tick() for s, lease in sorted(self.leases.items())
                         if lease.held()}
             mine = [s for s, o in outcomes.items() if o in ("renewed", "acquired")]
             for store in reversed(mine):
-                if len(mine) <= self.share:
+                if len(mine) <= limit:
                     break
                 if store not in self.busy:
                     self.leases[store].release()
@@ -115,7 +134,7 @@ class Replica:
             for store, lease in sorted(self.leases.items()):
                 if store in outcomes:
                     continue
-                outcomes[store] = lease.tick(take=len(mine) < self.share)
+                outcomes[store] = lease.tick(take=len(mine) < limit)
                 if outcomes[store] in ("acquired", "taken over", "renewed"):
                     mine.append(store)
         return outcomes
@@ -144,6 +163,19 @@ class Replica:
                     conn.execute(delete(lease_t).where(lease_t.c.name == name,
                                                        lease_t.c.version == version))
         return live
+
+    def _clear_orphans(self) -> None:
+        """Watch the held leases of stores not in this replica's policy; clear the stale."""
+        with self.engine.connect() as conn:
+            names = set(conn.execute(select(lease_t.c.name).where(
+                lease_t.c.name.startswith(STORE, autoescape=True),
+                lease_t.c.holder.is_not(None))).scalars())
+        with self._lock:
+            orphans = names - {STORE + s for s in self.leases}
+        self._orphans = {n: self._orphans.get(n) or SweepLease(
+            self.engine, self.timings, self.holder, self._clock, name=n) for n in orphans}
+        for lease in self._orphans.values():
+            lease.watch()
 
     def stop(self) -> None:
         """A clean stop: every store lease released (the others take them at once) and the
