@@ -68,3 +68,121 @@ def test_a_drop_whose_intents_another_sweep_settled_meanwhile_is_still_ledgered(
     missing = [i for i in sorted(gone) if ref(ws, ev, i) not in refs]
     assert missing == [], f"dropped but never ledgered: ids {missing}"
     assert sorted(refs) == sorted(ref(ws, ev, i) for i in ev.due)
+
+
+def _hold_during_first_batch(ws: Any, pg_schema: Any, ev: Events, partitions: str,
+                             act: Any = None, **extra: Any) -> tuple[Any, int, str]:
+    """Run the rule with ``batch_size: 1``; right after the first intent of the first wholly
+    due partition's records is written, a hold is placed on the subject of a row of that
+    partition whose record is not in that intent (not yet disposed), or ``act(row)`` is
+    called. Returns the run, the held row and the partition."""
+    from retentiond.adapters.registry import register, unregister
+    from retentiond.adapters.sql import SqlAdapter
+    from retentiond.audit.ledger import Refs
+    from retentiond.state.cases import add_hold
+
+    name = sorted(ev.wholly_due)[0]
+    rows = {i for i in ev.rows if ev.part_of(i) == name}
+    held: list[int] = []
+
+    def hold_after(keys: list[Any], policy: Any) -> None:
+        if held or not ({k[0] for k in keys} & rows):
+            return
+        later = min(rows - {k[0] for k in keys})
+        held.append(later)
+        if act is not None:
+            act(later)
+            return
+        state = sa.create_engine(ws.state_url)
+        add_hold(state, Refs(policy.secret_bytes), scope="subject", reason="lawsuit",
+                 ref=None, subject=str(100 + later), kind="user")
+        state.dispose()
+
+    class Hold(SqlAdapter):
+        def drop_partition(self, selection: Any, partition: str, limit: int, refresh: Any,
+                           intent: Any) -> int:
+            def spy(keys: list[Any]) -> None:
+                intent(keys)
+                if partition == name:
+                    hold_after(keys, self.policy)
+            return super().drop_partition(selection, partition, limit, refresh, spy)
+
+        def delete_next(self, selection: Any, after: Any, limit: int, intent: Any) -> Any:
+            def spy(keys: list[Any]) -> None:
+                intent(keys)
+                hold_after(keys, self.policy)
+            return super().delete_next(selection, after, limit, spy)
+
+    register("sqlhold", Hold)
+    try:
+        rule = {"id": "old-events", "store": "app", "table": "events",
+                "key": ["id", "created_at"], "subject": "customer_id", "clock": "created_at",
+                "dispose_after": "90d", "partitions": partitions, **extra}
+        ws.policy({"app": {"adapter": "sqlhold", "url": pg_schema.url}}, [rule], batch_size=1)
+        run = ws.invoke("run", "--json")
+    finally:
+        unregister("sqlhold")
+    assert run.code == 0, run.err
+    assert held, "no hold was placed"
+    return run, held[0], name
+
+
+def test_row_sweep_control_a_hold_placed_mid_sweep_keeps_the_records_not_yet_disposed(
+        events: Events, pg_schema: Any, ws: Any) -> None:
+    """Control (passes): the row sweep re-reads the holds before every batch, so a hold placed
+    after the first batch keeps the held subject's row of the same month."""
+    ev = events
+    run, held, _ = _hold_during_first_batch(ws, pg_schema, ev, "rows")
+    assert held in ids(ev.engine)
+    assert ref(ws, ev, held) not in disposed_refs(ws)
+
+
+def test_a_hold_placed_while_a_partitions_keys_stream_keeps_its_row(
+        events: Events, pg_schema: Any, ws: Any) -> None:
+    """The drop re-reads the holds once, right after the lock, then streams the keys into
+    intents (``batch_size`` each; for a real partition, minutes) and drops: a hold placed
+    meanwhile, on a subject whose record is not yet even in an intent, is never looked at,
+    and the held row is dropped. The row sweep it replaces keeps it (control test above):
+    the window between the last hold check and the disposal grows from one batch to a
+    whole partition."""
+    ev = events
+    run, held, name = _hold_during_first_batch(ws, pg_schema, ev, "drop")
+    assert held in ids(ev.engine), (
+        f"row {held} was dropped with partition {name} although its subject was put on hold "
+        "before its record was written to an intent")
+    assert name in attached(ev.engine)
+
+
+KEEP = "not exists (select 1 from keep_flags f where f.event_id = events.id)"
+
+
+def _flag(ev: Events) -> Any:
+    def act(row: int) -> None:  # the application flags a record to keep, and commits
+        with ev.engine.begin() as conn:
+            conn.execute(sa.text("insert into keep_flags values (:i)"), {"i": row})
+    with ev.engine.begin() as conn:
+        conn.execute(sa.text("create table keep_flags (event_id integer primary key)"))
+    return act
+
+
+def test_row_sweep_control_a_keep_flag_set_mid_sweep_keeps_its_row(
+        events: Events, pg_schema: Any, ws: Any) -> None:
+    """Control (passes): a ``where`` reading another table is evaluated by every batch's
+    DELETE, so a row flagged after the first batch stays."""
+    ev = events
+    run, flagged, _ = _hold_during_first_batch(ws, pg_schema, ev, "rows", _flag(ev),
+                                               where=KEEP)
+    assert flagged in ids(ev.engine)
+
+
+def test_a_keep_flag_set_while_a_partitions_keys_stream_keeps_its_row(
+        events: Events, pg_schema: Any, ws: Any) -> None:
+    """The same with ``partitions: drop``: the selection (and its ``where``) is evaluated by
+    the count and by the key stream's one snapshot, then the partition is dropped whatever
+    the other table says by then; the flagged row is dropped."""
+    ev = events
+    run, flagged, name = _hold_during_first_batch(ws, pg_schema, ev, "drop", _flag(ev),
+                                                  where=KEEP)
+    assert flagged in ids(ev.engine), (
+        f"row {flagged} was dropped with partition {name} although the rule's where excluded "
+        "it before its record was written to an intent")
