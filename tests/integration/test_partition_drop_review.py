@@ -1,3 +1,4 @@
+# ruff: noqa: F811  (the events fixture is imported and named as a parameter)
 """Review of ``partitions: drop`` (branch i13-part): failing tests for what the review found.
 
 Reuses the ``events`` fixture of ``test_partition_drop.py`` (a table partitioned by month of
@@ -132,7 +133,7 @@ def test_row_sweep_control_a_hold_placed_mid_sweep_keeps_the_records_not_yet_dis
     """Control (passes): the row sweep re-reads the holds before every batch, so a hold placed
     after the first batch keeps the held subject's row of the same month."""
     ev = events
-    run, held, _ = _hold_during_first_batch(ws, pg_schema, ev, "rows")
+    _, held, _ = _hold_during_first_batch(ws, pg_schema, ev, "rows")
     assert held in ids(ev.engine)
     assert ref(ws, ev, held) not in disposed_refs(ws)
 
@@ -146,7 +147,7 @@ def test_a_hold_placed_while_a_partitions_keys_stream_keeps_its_row(
     the window between the last hold check and the disposal grows from one batch to a
     whole partition."""
     ev = events
-    run, held, name = _hold_during_first_batch(ws, pg_schema, ev, "drop")
+    _, held, name = _hold_during_first_batch(ws, pg_schema, ev, "drop")
     assert held in ids(ev.engine), (
         f"row {held} was dropped with partition {name} although its subject was put on hold "
         "before its record was written to an intent")
@@ -170,7 +171,7 @@ def test_row_sweep_control_a_keep_flag_set_mid_sweep_keeps_its_row(
     """Control (passes): a ``where`` reading another table is evaluated by every batch's
     DELETE, so a row flagged after the first batch stays."""
     ev = events
-    run, flagged, _ = _hold_during_first_batch(ws, pg_schema, ev, "rows", _flag(ev),
+    _, flagged, _ = _hold_during_first_batch(ws, pg_schema, ev, "rows", _flag(ev),
                                                where=KEEP)
     assert flagged in ids(ev.engine)
 
@@ -181,7 +182,7 @@ def test_a_keep_flag_set_while_a_partitions_keys_stream_keeps_its_row(
     the count and by the key stream's one snapshot, then the partition is dropped whatever
     the other table says by then; the flagged row is dropped."""
     ev = events
-    run, flagged, name = _hold_during_first_batch(ws, pg_schema, ev, "drop", _flag(ev),
+    _, flagged, name = _hold_during_first_batch(ws, pg_schema, ev, "drop", _flag(ev),
                                                   where=KEEP)
     assert flagged in ids(ev.engine), (
         f"row {flagged} was dropped with partition {name} although the rule's where excluded "
