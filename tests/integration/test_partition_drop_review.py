@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 from test_partition_drop import (  # noqa: F401  (events is a fixture)
+    RULE,
     Events,
     attached,
     disposed_refs,
@@ -187,3 +189,33 @@ def test_a_keep_flag_set_while_a_partitions_keys_stream_keeps_its_row(
     assert flagged in ids(ev.engine), (
         f"row {flagged} was dropped with partition {name} although the rule's where excluded "
         "it before its record was written to an intent")
+
+
+# -- not introduced by i13-part (the row sweep does the same), found while reviewing it ---------
+@pytest.mark.parametrize("partitions", ["rows", "drop"])
+@pytest.mark.parametrize("where", ["partition", "other-store"])
+def test_a_floor_on_the_same_rows_named_another_way_protects_them(
+        events: Events, pg_schema: Any, ws: Any, partitions: str, where: str) -> None:
+    """Pre-existing (both ``partitions`` modes fail): another rule's ``keep_for`` protects the
+    rows of a month, but that rule names them differently from ``old-events``: by the
+    partition itself (``table: events_YYYY_MM``), or through a second store with the same
+    database URL. Floors only apply between rules of the same store and target
+    (``planner.overlapping``), ``config validate`` says nothing, and the rows are deleted
+    (or their partition dropped)."""
+    ev = events
+    name = sorted(ev.wholly_due)[0]
+    floor = {"id": "vip", "store": "app", "table": "events", "key": ["id", "created_at"],
+             "clock": "created_at", "keep_for": "10y", "dispose_after": "10y",
+             "match": {"customer_id": {"in": [100 + i for i in ev.rows
+                                              if ev.part_of(i) == name]}}}
+    stores = {"app": {"adapter": "sql", "url": pg_schema.url}}
+    if where == "partition":
+        floor = {**floor, "table": name}
+    else:
+        stores["app2"] = {"adapter": "sql", "url": pg_schema.url}
+        floor = {**floor, "store": "app2"}
+    ws.policy(stores, [{**RULE, "partitions": partitions}, floor])
+    run = ws.invoke("run", "--json", "--rule", "old-events")
+    assert run.code == 0, run.err
+    rows = {i for i in ev.rows if ev.part_of(i) == name}
+    assert rows <= ids(ev.engine), f"floor-protected rows deleted: {sorted(rows - ids(ev.engine))}"
