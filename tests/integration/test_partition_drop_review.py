@@ -219,3 +219,76 @@ def test_a_floor_on_the_same_rows_named_another_way_protects_them(
     assert run.code == 0, run.err
     rows = {i for i in ev.rows if ev.part_of(i) == name}
     assert rows <= ids(ev.engine), f"floor-protected rows deleted: {sorted(rows - ids(ev.engine))}"
+
+
+def _pending_detach(engine: sa.Engine, url: str, name: str) -> None:
+    """Leave ``name`` half detached, as an interrupted ``DETACH PARTITION ... CONCURRENTLY``
+    does (cancelled while it waits for older transactions): still listed in pg_inherits with
+    ``inhdetachpending``, no longer seen by queries on the parent."""
+    import threading
+    import time
+
+    detacher = sa.create_engine(url, isolation_level="AUTOCOMMIT")
+    out: dict[str, Any] = {}
+
+    def detach() -> None:
+        with detacher.connect() as d:
+            out["pid"] = d.execute(sa.text("select pg_backend_pid()")).scalar()
+            try:
+                d.execute(sa.text(f"alter table events detach partition {name} concurrently"))
+            except sa.exc.DBAPIError as exc:
+                out["error"] = type(exc.orig).__name__
+
+    with engine.connect() as older:  # an older transaction on the table: phase 2 waits
+        older.execute(sa.text("select count(*) from events"))
+        thread = threading.Thread(target=detach)
+        thread.start()
+        for _ in range(1000):
+            with engine.connect() as w:
+                waiting = w.execute(sa.text(
+                    "select count(*) from pg_locks where not granted and pid = :p"),
+                    {"p": out.get("pid", -1)}).scalar()
+            if waiting:
+                break
+            time.sleep(0.01)
+        with engine.connect() as w:
+            w.execute(sa.text("select pg_cancel_backend(:p)"), {"p": out["pid"]})
+        thread.join(30)
+        older.rollback()
+    detacher.dispose()
+    assert out.get("error") == "QueryCanceled", out
+    with engine.connect() as conn:
+        assert conn.execute(sa.text(
+            "select inhdetachpending from pg_inherits where inhrelid = cast(:n as regclass)"),
+            {"n": name}).scalar() is True
+
+
+def test_a_partition_pending_detach_is_never_ledgered_as_disposed(
+        events: Events, pg_schema: Any, ws: Any) -> None:
+    """A partition left pending detach (an interrupted ``DETACH ... CONCURRENTLY``; PostgreSQL
+    14+) is still listed in pg_inherits, so it is offered for a drop: its rows are counted and
+    their keys written as intents, then the DETACH fails ("already pending detach") and the
+    intents are settled against the *parent*, which no longer shows the partition's rows:
+    every one of them is ledgered as disposed (and the run counts them done) although none
+    was touched and all are still in the partition. Each later run does it again: the same
+    records ledgered once per run."""
+    ev = events
+    with ev.engine.begin() as conn:  # DETACH CONCURRENTLY refuses a table with a DEFAULT
+        conn.execute(sa.text("drop table events_rest"))
+    name = sorted(ev.wholly_due)[0]
+    _pending_detach(ev.engine, pg_schema.url, name)
+    part_rows = {i for i in ev.rows if ev.part_of(i) == name}
+    setup(ws, pg_schema)
+    done = []
+    for _ in range(2):
+        run = ws.invoke("run", "--json")
+        assert run.code == 0, run.err
+        done.append(run.json()["rules"][0]["done"])
+        with ev.engine.connect() as conn:
+            left = set(conn.execute(sa.text(f"select id from {name}")).scalars())
+        assert left == part_rows  # nothing was disposed there
+    refs = disposed_refs(ws)
+    times = {i: refs.count(ref(ws, ev, i)) for i in sorted(part_rows)}
+    assert times == dict.fromkeys(sorted(part_rows), 0), (
+        f"records of {name}, all still present, ledgered as disposed (id: times): {times}; "
+        f"done per run {done}")
