@@ -292,3 +292,52 @@ def test_a_partition_pending_detach_is_never_ledgered_as_disposed(
     assert times == dict.fromkeys(sorted(part_rows), 0), (
         f"records of {name}, all still present, ledgered as disposed (id: times): {times}; "
         f"done per run {done}")
+
+
+def test_a_partition_detached_by_someone_else_while_the_drop_waits_is_not_ledgered(
+        events: Events, pg_schema: Any, ws: Any) -> None:
+    """The same through a race: a DBA detaches an old partition to archive it (plain
+    ``DETACH PARTITION``, in a transaction) just as the drop starts. The drop lists the
+    partitions before it locks (the DBA's DETACH is not committed yet, so it is still
+    listed), waits for the lock, gets it when the DBA commits, counts and reads the
+    now stand-alone table, writes intents; its own DETACH then fails, and the settle against
+    the parent ledgers every record of the archived table as disposed. The partition should
+    be looked up again once locked."""
+    import threading
+
+    from retentiond.adapters.registry import register, unregister
+    from retentiond.adapters.sql import SqlAdapter
+
+    ev = events
+    name = sorted(ev.wholly_due)[0]
+    dba = sa.create_engine(pg_schema.url)
+    started = threading.Event()
+
+    def archive() -> None:
+        with dba.begin() as conn:
+            conn.execute(sa.text(f"alter table events detach partition {name}"))
+            started.set()
+            conn.execute(sa.text("select pg_sleep(1)"))
+
+    class Raced(SqlAdapter):
+        def drop_partition(self, selection: Any, partition: str, limit: int, refresh: Any,
+                           intent: Any) -> int:
+            if partition == name and not started.is_set():
+                threading.Thread(target=archive).start()
+                assert started.wait(30)
+            return super().drop_partition(selection, partition, limit, refresh, intent)
+
+    register("sqlraced", Raced)
+    try:
+        setup(ws, pg_schema, adapter="sqlraced")
+        run = ws.invoke("run", "--json")
+    finally:
+        unregister("sqlraced")
+        dba.dispose()
+    assert run.code == 0, run.err
+    part_rows = {i for i in ev.rows if ev.part_of(i) == name}
+    with ev.engine.connect() as conn:
+        assert set(conn.execute(sa.text(f"select id from {name}")).scalars()) == part_rows
+    refs = disposed_refs(ws)
+    ledgered = sorted(i for i in part_rows if ref(ws, ev, i) in refs)
+    assert ledgered == [], f"ids {ledgered} of the archived {name} ledgered as disposed"
