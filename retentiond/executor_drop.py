@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import Table, select
+from sqlalchemy import Table, delete, select
+from sqlalchemy import func as sa_func
 
 from retentiond.adapters.base import DropDeclined, Selection
 from retentiond.audit import ledger
@@ -42,6 +44,7 @@ class PartitionDrops:
     should_stop: Callable[[], bool]
     stopped: bool
     stopped_by_hold: bool
+    lock: AbstractContextManager[Any]
 
     if TYPE_CHECKING:
         def refresh(self, sel: Selection) -> Selection | None: ...
@@ -80,13 +83,26 @@ class PartitionDrops:
                 refs = self.refs.records(rule.store, rule.target, keys)
                 written.append(self._intent(current, refs, ledger.refs_json(refs)))
 
+            def fresh(sel: Selection) -> Selection | None:
+                # A sweep told to stop (SIGTERM, its lease lost) drops nothing more: another
+                # replica may take the store over and settle these intents.
+                if self.should_stop():
+                    raise DropDeclined("the sweep is stopping")
+                return self.refresh(sel)
+
+            def mine(written: list[int] = written) -> bool:
+                return self._unclaimed(written)
+
             try:
                 n = adapter.drop_partition(current, entry["partition"], self.policy.batch_size,
-                                           self.refresh, intent)
+                                           fresh, intent, confirm=mine)
             except DropDeclined as exc:
                 result.partitions.append({**entry, "drop": False, "reason": exc.reason})
-                # Intents only when the keys read did not match the count; rolled back.
-                self._settle(written)
+                # Declined before the store committed: rolled back, nothing is gone.
+                self._discard(written)
+                if self.should_stop():
+                    self.stopped = True
+                    return done
                 continue
             except StoreUnreachable:
                 raise  # the intents stay for the next sweep's reconciliation
@@ -109,6 +125,23 @@ class PartitionDrops:
                 self.stopped = True
                 return done
         return done
+
+    def _unclaimed(self, intents: Sequence[int]) -> bool:
+        """Whether every one of these intents is still pending (no other sweep's
+        reconciliation settled it): checked in the drop's transaction just before the store
+        commits, since the dropped rows' references are only in those intents."""
+        if not intents:
+            return True
+        with self.state.connect() as conn:
+            left = conn.execute(select(sa_func.count()).select_from(pending_t)
+                                .where(pending_t.c.id.in_(intents))).scalar()
+        return left == len(intents)
+
+    def _discard(self, intents: Sequence[int]) -> None:
+        """Remove the intents of a drop the store rolled back (nothing of it is gone)."""
+        if intents:
+            with self.lock, self.state.begin() as conn:
+                conn.execute(delete(pending_t).where(pending_t.c.id.in_(intents)))
 
     def _record_pending(self, sel: Selection, intent: int) -> None:
         """Ledger an intent whose records are known disposed, reading its references back

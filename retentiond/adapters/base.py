@@ -305,10 +305,11 @@ class Adapter(abc.ABC):
 
     def drop_partition(self, selection: Selection, partition: str, limit: int,
                        refresh: Callable[[Selection], Selection | None],
-                       intent: Callable[[list[Any]], None]) -> int:
+                       intent: Callable[[list[Any]], None], *,
+                       confirm: Callable[[], bool] = lambda: True) -> int:
         """Dispose one partition :meth:`partitions` offered as a unit (executor only), calling
-        ``intent`` per ``limit`` keys before the store commits. Only adapters with
-        ``drops_partitions`` are asked."""
+        ``intent`` per ``limit`` keys before the store commits, and ``confirm`` just before
+        it commits (False: roll back). Only adapters with ``drops_partitions`` are asked."""
         raise NotImplementedError
 
     def facts(self, rules: Sequence[Rule], key: Any) -> Facts | None:

@@ -103,6 +103,7 @@ class SqlAdapter(SqlChecks, SqlActions, SqlRefs, SqlPartitions, Adapter):
             problems.append(("isolate", "isolate needs isolate.for, or backups.retention on "
                              f"store {rule.store!r}, to know when to purge"))
         problems += _partition_problems(rule, store)
+        problems += _shared_database(rule, store, policy)
         isolated = {isolated_name(r) for r in policy.rules if r.store == rule.store
                     and "isolate" in (r.action, r.on_erasure)}
         if rule.table in isolated:
@@ -597,3 +598,25 @@ def _subject_parts(subject: sa.Column[Any], sel: Selection) -> list[sa.ColumnEle
     if held:
         parts.append(sa.or_(subject.is_(None), subject.not_in(held)))
     return parts
+
+
+def _shared_database(rule: Rule, store: Store, policy: Policy) -> list[Problem]:
+    """Two sql stores on one database URL would not weigh each other's floors, holds and due
+    dates (rules overlap within a store): rules on one database belong to one store. Only
+    the same URL is caught (not two spellings of one server); the URL is never printed."""
+    mine = _url_key(store)
+    for name, other in policy.stores.items():
+        if name != rule.store and other.adapter == "sql" and other.url and \
+                _url_key(other) == mine:
+            return [("store", f"store {rule.store!r} has the same url as store {name!r}; "
+                     "rules on one database belong to one store, so that their floors, "
+                     "holds and erasure requests apply to each other")]
+    return []
+
+
+def _url_key(store: Store) -> str:
+    text = str(store.url or "")
+    try:
+        return sa.engine.make_url(text).render_as_string(hide_password=False)
+    except sa.exc.ArgumentError:
+        return text

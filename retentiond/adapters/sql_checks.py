@@ -60,7 +60,30 @@ class SqlChecks:
     def preflight(self, rule: Rule) -> list[Problem]:
         table = self.table(rule)
         return (self._clock_problems(rule, table) + self._match_problems(rule, table)
-                + self._marker_problems(rule, table))
+                + self._marker_problems(rule, table) + self._tree_problems(rule, table))
+
+    def _tree_problems(self, rule: Rule, table: sa.Table) -> list[Problem]:
+        """Two rules of the store naming rows of one partitioned table differently (one the
+        parent, the other a partition, or two levels of it) would not weigh each other's
+        floors, holds and due dates (rules overlap by the table they name): both refused."""
+        if self.engine.dialect.name != "postgresql":
+            return []
+        others = [r for r in self.policy.rules if r.store == rule.store and r.table
+                  and r.table != rule.table]
+        if not others:
+            return []
+        root = sa.text("select coalesce(pg_partition_root(to_regclass(:n)), to_regclass(:n))"
+                       "::oid")
+        with self._errors(f"reading the partition tree of {rule.table}"), \
+                self.engine.connect() as conn:
+            mine = conn.execute(root, {"n": _qualified(table)}).scalar()
+            for other in others:
+                if conn.execute(root, {"n": _qualified(self.table(other))}).scalar() == mine:
+                    return [("table", f"{rule.table} and {other.table} (rule {other.id}) are "
+                             "one partitioned table; name it the same way (its parent) in "
+                             "every rule, so that their floors, holds and due dates apply to "
+                             "each other")]
+        return []
 
     def _match_problems(self, rule: Rule, table: sa.Table) -> list[Problem]:
         """``older_than``/``newer_than`` on an integer column: clock_format does not apply to
@@ -177,3 +200,11 @@ class SqlChecks:
                  f"already have {opts.marker} set, but the ledger holds no anonymisation by "
                  "this rule; if something else sets the marker, those rows count as done and "
                  "are never anonymised")]
+
+
+def _qualified(table: sa.Table) -> str:
+    """The table's name quoted for ``to_regclass``."""
+    def quote(name: str) -> str:
+        return '"' + name.replace('"', '""') + '"'
+    return quote(table.name) if table.schema is None else \
+        f"{quote(table.schema)}.{quote(table.name)}"

@@ -40,9 +40,10 @@ import sqlalchemy as sa
 
 from retentiond.adapters.base import DropDeclined, Problem, Selection
 from retentiond.adapters.sqlclock import clock_bound
-from retentiond.adapters.sqlexpr import Key
+from retentiond.adapters.sqlexpr import Key, is_disconnect
 from retentiond.errors import StoreError, StoreUnreachable
 from retentiond.log import get_logger
+from retentiond.state import faults
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection, Engine
@@ -69,7 +70,7 @@ _PARTS = """select c.oid, n.nspname, c.relname, c.oid::regclass::text,
                    c.relrowsecurity
             from pg_inherits i join pg_class c on c.oid = i.inhrelid
             join pg_namespace n on n.oid = c.relnamespace
-            where i.inhparent = :oid order by c.relname"""
+            where i.inhparent = :oid{pending} order by c.relname"""
 # Publications that carry the table or any of its partitions: DROP is not replicated.
 _PUBLISHED = """select pt.pubname from pg_publication_tables pt
                 join pg_namespace n on n.nspname = pt.schemaname
@@ -179,51 +180,102 @@ class SqlPartitions:
 
     def drop_partition(self, selection: Selection, partition: str, limit: int,
                        refresh: Callable[[Selection], Selection | None],
-                       intent: Callable[[list[Any]], None]) -> int:
+                       intent: Callable[[list[Any]], None], *,
+                       confirm: Callable[[], bool] = lambda: True) -> int:
         """Dispose ``partition`` (as :meth:`partitions` named it) as a unit in one store
-        transaction: lock it against writers, re-read the holds (``refresh``), check that the
-        selection covers every row, read the keys in one streaming pass calling ``intent``
-        per ``limit`` keys, detach and drop, commit. Returns the rows disposed. Raises
-        :class:`DropDeclined` (nothing changed, no intent written) when it no longer
-        qualifies, and StoreError when the store fails (the transaction rolled back or its
-        commit failed: intents written are settled by the caller against the store)."""
+        transaction: lock it against writers, check it is still attached (not detached or
+        pending detach meanwhile), re-read the holds (``refresh``), check that the selection
+        covers every row, read the keys in one streaming pass calling ``intent`` per
+        ``limit`` keys, detach it, then check again — holds re-read, a ``where`` reading
+        other tables re-evaluated, every row still selected — drop it, check that the
+        intents are still this sweep's (``confirm``: no other sweep settled them meanwhile)
+        and commit. Returns the rows disposed.
+
+        Raises :class:`DropDeclined` when anything before the commit says no or fails: the
+        transaction is rolled back, nothing changed (the caller discards the intents).
+        Raises StoreError or StoreUnreachable only when the commit itself failed (its
+        outcome unknown: the caller settles the intents against the store) or the
+        connection was lost."""
         rule = selection.rule
         with self._errors(f"dropping partition {partition} of {rule.table}"), \
-                self.engine.connect() as conn, conn.begin():
-            table = self.table(rule)
-            conn.execute(sa.text(f"set local lock_timeout = '{LOCK_TIMEOUT}'"))
-            part = next((p for p in self._parts(conn, table) if p.qualified == partition), None)
-            if part is None:
-                raise DropDeclined("no longer a partition of the table")
-            conn.execute(sa.text(f"lock table only {part.qualified} in share row exclusive mode"))
-            current = refresh(selection)
-            if current is None:
-                raise DropDeclined("a hold covers the rule")
-            why = (self._strategy(conn, rule, table)
-                   or self._table_reasons(conn, rule, table, current)
-                   or self._part_reason(conn, current, table, part))
-            if why:
-                raise DropDeclined(why if why is not _NOT_DUE else "its range is not all due")
-            total, chosen = self._counts(conn, current, table, part)
-            why = _mismatch(total, chosen)
-            if why:
-                raise DropDeclined(why)
-            read = 0
-            for keys in self._keys(conn, current, table, part, limit):
-                intent(keys)
-                read += len(keys)
-            if read != total:  # cannot happen under the lock; never drop on a doubt
-                raise DropDeclined(f"read {read} keys of {total} rows")
-            self._detach_and_drop(conn, table, part)
+                self.engine.connect() as conn:
+            trans = conn.begin()
+            try:
+                read, part = self._drop_locked(conn, selection, partition, limit=limit,
+                                               refresh=refresh, intent=intent,
+                                               confirm=confirm)
+            except BaseException as exc:
+                trans.rollback()
+                if isinstance(exc, sa.exc.DBAPIError) and not (
+                        faults.is_state_error(exc) or exc.connection_invalidated
+                        or (isinstance(exc, sa.exc.OperationalError) and is_disconnect(exc))):
+                    raise DropDeclined(f"the drop failed ({type(exc.orig).__name__}) and was "
+                                       "rolled back") from None
+                raise
+            trans.commit()
         log.info("partition dropped", rule=rule.id, store=self.store_name,
                  partition=part.qualified, count=read)
         return read
 
-    def _detach_and_drop(self, conn: Connection, table: sa.Table, part: Part) -> None:
-        """DETACH (ACCESS EXCLUSIVE on the parent and the partition, held to the commit) and
-        DROP, in the caller's transaction."""
+    def _drop_locked(self, conn: Connection, selection: Selection, partition: str, *,
+                     limit: int, refresh: Callable[[Selection], Selection | None],
+                     intent: Callable[[list[Any]], None], confirm: Callable[[], bool]
+                     ) -> tuple[int, Part]:
+        rule = selection.rule
+        table = self.table(rule)
+        conn.execute(sa.text(f"set local lock_timeout = '{LOCK_TIMEOUT}'"))
+        part = self._attached(conn, table, partition)
+        conn.execute(sa.text(f"lock table only {part.qualified} in share row exclusive mode"))
+        # Looked up again under the lock: a DETACH someone committed while we waited for it
+        # (or an interrupted DETACH ... CONCURRENTLY) leaves a table that is no partition.
+        part = self._attached(conn, table, partition)
+        current = refresh(selection)
+        if current is None:
+            raise DropDeclined("a hold covers the rule")
+        why = (self._strategy(conn, rule, table)
+               or self._table_reasons(conn, rule, table, current)
+               or self._part_reason(conn, current, table, part))
+        if why:
+            raise DropDeclined(why if why is not _NOT_DUE else "its range is not all due")
+        total, chosen = self._counts(conn, current, table, part)
+        why = _mismatch(total, chosen)
+        if why:
+            raise DropDeclined(why)
+        read = 0
+        for keys in self._keys(conn, current, table, part, limit):
+            intent(keys)
+            read += len(keys)
+        if read != total:  # cannot happen under the lock; never drop on a doubt
+            raise DropDeclined(f"read {read} keys of {total} rows")
+        self._detach(conn, table, part)
+        # Reading the keys can take minutes: a hold placed meanwhile, or a row a `where`
+        # now spares (a flag in another table), must still keep the partition. The rows
+        # themselves cannot change under the lock; what decides about them can.
+        again = refresh(selection)
+        if again is None:
+            raise DropDeclined("a hold placed while its keys were read covers the rule")
+        total, chosen = self._counts(conn, again, table, part)
+        if total != read or chosen != total:
+            raise DropDeclined("a hold or the rule's where spares rows of it since its keys "
+                               "were read")
+        self._drop(conn, part)
+        if not confirm():
+            raise DropDeclined("another sweep settled its intents meanwhile")
+        return read, part
+
+    def _attached(self, conn: Connection, table: sa.Table, partition: str) -> Part:
+        part = next((p for p in self._parts(conn, table) if p.qualified == partition), None)
+        if part is None:
+            raise DropDeclined("no longer a partition of the table")
+        return part
+
+    def _detach(self, conn: Connection, table: sa.Table, part: Part) -> None:
+        """DETACH (ACCESS EXCLUSIVE on the parent and the partition, held to the commit), in
+        the caller's transaction; the table stays, with its rows, until :meth:`_drop`."""
         conn.execute(sa.text(f"alter table {_qualified(table)} detach partition "
                              f"{part.qualified}"))
+
+    def _drop(self, conn: Connection, part: Part) -> None:
         conn.execute(sa.text(f"drop table {part.qualified}"))
 
     # -- the checks ---------------------------------------------------------------------------
@@ -309,8 +361,13 @@ class SqlPartitions:
         oid = self._oid(conn, table)
         if oid is None:
             return []
+        # PostgreSQL 14+: a partition an interrupted DETACH ... CONCURRENTLY left pending is
+        # on its way out; its rows are no longer the parent's (never dropped, never ledgered)
+        version = conn.dialect.server_version_info or (0,)
+        pending = " and not i.inhdetachpending" if version >= (14,) else ""
         return [Part(int(r[0]), r[1], r[2], r[3], r[4] or "", str(r[5]), bool(r[6]),
-                     bool(r[7])) for r in conn.execute(sa.text(_PARTS), {"oid": oid})]
+                     bool(r[7]))
+                for r in conn.execute(sa.text(_PARTS.format(pending=pending)), {"oid": oid})]
 
     def _as(self, table: sa.Table, part: Part) -> sa.Table:
         """The partition under the parent's name (``FROM part AS parent``), with the parent's

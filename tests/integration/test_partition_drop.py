@@ -225,13 +225,13 @@ def test_a_hold_placed_after_the_plan_is_honoured_under_the_lock(
 
     class Late(SqlAdapter):
         def drop_partition(self, selection: Any, partition: str, limit: int, refresh: Any,
-                           intent: Any) -> int:
+                           intent: Any, **kw: Any) -> int:
             if partition == name:
                 state = sa.create_engine(ws.state_url)
                 add_hold(state, Refs(self.policy.secret_bytes), scope="subject",
                          reason="late", ref=None, subject=str(100 + held), kind="user")
                 state.dispose()
-            return super().drop_partition(selection, partition, limit, refresh, intent)
+            return super().drop_partition(selection, partition, limit, refresh, intent, **kw)
 
     register("sqllate", Late)
     try:
@@ -261,8 +261,8 @@ class Crash(SqlAdapter):
         if POINT == "after-commit":
             os._exit(9)
         return n
-    def _detach_and_drop(self, conn, table, part):
-        super()._detach_and_drop(conn, table, part)
+    def _drop(self, conn, part):
+        super()._drop(conn, part)
         if POINT == "before-commit":
             os._exit(9)
 register("sqlcrash", Crash)
@@ -504,7 +504,7 @@ def test_a_writer_into_the_partition_waits_for_the_drop_then_fails(
             outcome["error"] = type(exc.orig).__name__
 
     class Racing(SqlAdapter):
-        def _detach_and_drop(self, conn: Any, table: Any, part: Any) -> None:
+        def _detach(self, conn: Any, table: Any, part: Any) -> None:
             if part.name == name:
                 thread = threading.Thread(target=insert)
                 thread.start()
@@ -521,7 +521,7 @@ def test_a_writer_into_the_partition_waits_for_the_drop_then_fails(
                     else:
                         raise AssertionError("the writer never waited")
                 watch.dispose()
-            super()._detach_and_drop(conn, table, part)
+            super()._detach(conn, table, part)
 
     register("sqlracing", Racing)
     try:
@@ -656,8 +656,7 @@ def test_a_lock_it_cannot_get_leaves_the_partition_to_the_row_sweep(
     assert run.code == 0, run.err
     [r] = run.json()["rules"]
     [why] = [p["reason"] for p in r["partitions"] if p["partition"] == name]
-    assert why == (f"the drop failed (store app: LockNotAvailable while dropping partition "
-                   f"{name} of events); swept row by row")
+    assert why == "the drop failed (LockNotAvailable) and was rolled back"
     assert dropped(run.json()) == ev.wholly_due - {name}
     assert name in attached(ev.engine)
     assert ids(ev.engine) == set(ev.rows) - ev.due
