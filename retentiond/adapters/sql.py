@@ -67,6 +67,7 @@ class SqlAdapter(SqlChecks, SqlActions, SqlRefs, Adapter):
         self._engine: Engine | None = None
         self._tables: dict[str, sa.Table] = {}
         self._iso_tables: dict[str, sa.Table] = {}
+        self._computed_updates: dict[str, Any] = {}
         self._refs: dict[str, list[Reference]] = {}
         self._folds: bool | None = None
         self._default: str | None = None
@@ -144,6 +145,7 @@ class SqlAdapter(SqlChecks, SqlActions, SqlRefs, Adapter):
             self._engine = None
         self._tables.clear()
         self._iso_tables.clear()
+        self._computed_updates.clear()
         self._refs.clear()
         self._default = None
         self._folds = None
