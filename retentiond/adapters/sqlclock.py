@@ -92,9 +92,9 @@ def well_formed(column: sa.Column[Any], dialect: str) -> sa.ColumnElement[bool] 
         length = sa.func.length(column)
         fraction = sa.and_(length.between(21, 26), column.op("GLOB")(f"{full}.[0-9]*"),
                            sa.func.substr(column, 21).op("NOT GLOB")("*[^0-9]*"))
-        shaped = sa.case({19: column.op("GLOB")(full), 10: column.op("GLOB")(_GLOB_DATE)},
-                         value=length, else_=fraction)
-        return sa.and_(shaped, sa.func.substr(column, 12, 2) < "24",
+        one_form = sa.case({19: column.op("GLOB")(full), 10: column.op("GLOB")(_GLOB_DATE)},
+                           value=length, else_=fraction)
+        return sa.and_(one_form, sa.func.substr(column, 12, 2) < "24",
                        sa.func.datetime(column).is_not(None))
     shaped = column.regexp_match(_SQL_PATTERN)
     if dialect in ("mysql", "mariadb"):
