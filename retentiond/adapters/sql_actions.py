@@ -13,6 +13,7 @@ once their purge time has come.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal, overload
@@ -193,7 +194,11 @@ class SqlActions:
         n = len(key.columns)
 
         def write(conn: Connection, rows: Sequence[Sequence[Any]]) -> None:
-            compiled.run(conn, now, [(*r[:n], *(fn(v) for fn, v in zip(fns, r[n:], strict=True)))
+            if n == 1 and len(fns) == 1:  # the common case, without a generator per row
+                fn = fns[0]
+                compiled.run(conn, now, [(r[0], fn(r[1])) for r in rows])
+                return
+            compiled.run(conn, now, [(*r[:n], *(f(v) for f, v in zip(fns, r[n:], strict=True)))
                                      for r in rows])
 
         return write
@@ -471,7 +476,17 @@ class _Compiled:
         fixed = {n: self.processors[n](v) if n in self.processors else v
                  for n, v in {**self.base, "_marker": marker}.items()}
         params: list[Any]
-        if self.order is not None:
+        if self.order is not None and all(proc is None for _, _, proc in self.at):
+            # Each row's parameters picked from the row followed by the fixed values.
+            fixed_values = tuple(fixed[n] for n in self.order)
+            width = len(self.names)
+            at = {pos: i for pos, i, _ in self.at}
+            pick = operator.itemgetter(*(at[pos] if pos in at else width + pos
+                                         for pos in range(len(self.order))))
+            params = [pick((*r, *fixed_values)) for r in rows]
+            if len(self.order) == 1:
+                params = [(p,) for p in params]
+        elif self.order is not None:
             template = [fixed[n] for n in self.order]
             params = []
             for r in rows:
