@@ -94,8 +94,21 @@ def well_formed(column: sa.Column[Any], dialect: str) -> sa.ColumnElement[bool] 
                            sa.func.substr(column, 21).op("NOT GLOB")("*[^0-9]*"))
         one_form = sa.case({19: column.op("GLOB")(full), 10: column.op("GLOB")(_GLOB_DATE)},
                            value=length, else_=fraction)
-        return sa.and_(one_form, sa.func.substr(column, 12, 2) < "24",
-                       sa.func.datetime(column).is_not(None))
+        hour = sa.func.substr(column, 12, 2) < "24"
+        checked = sa.and_(one_form, hour, sa.func.datetime(column).is_not(None))
+        # First a cheap sufficient test: a value that is its own datetime() (date() for a
+        # date), hour below 24 (datetime() keeps 24:00:00 as it is), is of the form and in
+        # range. The length excludes negative years (SQLite reads -0001-01-01); a non-text
+        # value never equals text. Values it cannot vouch for (other fractions, the 31st of
+        # February) take the full test.
+        canonical = sa.case(
+            (length == 19, sa.and_(sa.func.datetime(column) == column, hour)),
+            (length == 10, sa.func.date(column) == column),
+            (length == 26, sa.and_(sa.func.datetime(column) == sa.func.substr(column, 1, 19),
+                                   hour, sa.func.substr(column, 20, 1) == ".",
+                                   sa.func.substr(column, 21).op("NOT GLOB")("*[^0-9]*"))),
+            else_=sa.false())
+        return sa.case((canonical, sa.true()), else_=checked)
     shaped = column.regexp_match(_SQL_PATTERN)
     if dialect in ("mysql", "mariadb"):
         # REGEXP's $ also matches before a trailing line break ('2010-01-01\n'): no character
