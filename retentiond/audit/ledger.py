@@ -53,7 +53,7 @@ _IPAD = bytes(x ^ 0x36 for x in range(256))
 _OPAD = bytes(x ^ 0x5C for x in range(256))
 
 
-def _pads(secret: bytes, prefix: bytes) -> tuple[Callable[[], Any], Callable[[], Any]]:
+def hmac_pads(secret: bytes, prefix: bytes = b"") -> tuple[Callable[[], Any], Callable[[], Any]]:
     """Copiers of the SHA-256 states of an HMAC-SHA256 keyed with ``secret`` (RFC 2104: a key
     longer than the block is hashed first): the inner one after its pad and ``prefix``, the
     outer one after its pad."""
@@ -121,7 +121,7 @@ class Refs:
         builds it, ``SHA-256(K ^ opad || SHA-256(K ^ ipad || message))``, with both pads and
         the ``store \0 target \0`` prefix hashed once per batch and their SHA-256 states
         copied per record (a third less time a batch than a one-shot HMAC per record)."""
-        inner, outer = _pads(self._secret, f"{store}\0{target}\0".encode())
+        inner, outer = hmac_pads(self._secret, f"{store}\0{target}\0".encode())
         out = []
         for k in keys:
             i = inner()

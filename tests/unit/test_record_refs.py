@@ -24,3 +24,17 @@ def test_batch_refs_are_the_one_shot_hmac(length: int) -> None:
     refs = Refs(secret)
     assert refs.records("app", "events", KEYS) == expected
     assert [refs.record("app", "events", k) for k in KEYS] == expected
+
+
+@pytest.mark.parametrize("length", [16, 32, 100])
+def test_hmac_strategy_is_the_one_shot_hmac_of_the_value(length: int) -> None:
+    from retentiond.anonymize import python_function
+    from retentiond.policy.model import HmacStrategy
+
+    secret = bytes(range(3, 3 + length))
+    apply = python_function(HmacStrategy(strategy="hmac", format="email", length=20), secret)
+    for value in ("ann@example.org", "é", 42, datetime(2020, 1, 2, 3, 4)):
+        text = value.isoformat() if isinstance(value, datetime) else str(value)
+        digest = hmac.new(secret, text.encode(), hashlib.sha256).hexdigest()
+        assert apply(value) == f"{digest[:20]}@anonymized.invalid"
+    assert apply(None) is None
