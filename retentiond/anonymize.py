@@ -98,6 +98,8 @@ def pseudonym(secret: bytes, value: Any) -> str:
 
 
 def _text(value: Any) -> str:
+    if type(value) is str:  # the common case, without the isinstance checks (per value)
+        return value
     if isinstance(value, datetime | date):
         return value.isoformat()
     return str(value)
