@@ -68,19 +68,39 @@ from common import (  # bench/ is not a package: anonymize.py runs as a script
 
 TARGET = "users"         # refs are HMAC(key, "store\0users\0<id>")
 RULE_SQL = "old-users-sql"
-RULE_HMAC = "old-users-hmac"
+RULE_PY = "old-users-{}"   # per Python-computed strategy: old-users-hmac, -mask, -fake
 DOMAIN = "anonymized.invalid"   # retentiond's default domain for hmac with format: email
 COLUMNS = "id, email, name, birth_date, salary, created_at"   # what the digest covers
 
 # The contenders, by comparison. The first of each group is retentiond.
 SET_GROUP = ("retentiond-sql", "one-update", "keyset-sql")
+# The Python-computed strategies, each on the e-mail column, each against the same hand-written
+# loop (keyset read, the value computed as retentiond computes it, one driver-level executemany
+# per batch, the ledger). fake is opt-in (--strategies): Faker costs ~0.2 ms a row for both.
+PY_STRATEGIES = {
+    "hmac": "{strategy: hmac, format: email}",
+    "mask": "{strategy: mask, keep_first: 1, format: email}",
+    "fake": "{strategy: fake, provider: email, deterministic: true}",
+}
 HMAC_GROUP = ("retentiond-hmac", "keyset-hmac")
+
+
+def py_group(strategy: str) -> tuple[str, str]:
+    return f"retentiond-{strategy}", f"keyset-{strategy}"
+
+
+def groups(strategies: list[str]) -> list[tuple[str, ...]]:
+    return [SET_GROUP, *(py_group(x) for x in strategies)]
 LABELS = {
     "retentiond-sql": "retentiond (null, truncate_date, round)",
     "one-update": "hand-written: ONE UPDATE, no ledger",
     "keyset-sql": "hand-written: keyset-batched UPDATE ... RETURNING + ledger",
     "retentiond-hmac": "retentiond (email: hmac, format email)",
     "keyset-hmac": "hand-written: keyset read + HMAC + executemany + ledger",
+    "retentiond-mask": "retentiond (email: mask keep_first 1, format email)",
+    "keyset-mask": "hand-written: keyset read + mask + executemany + ledger",
+    "retentiond-fake": "retentiond (email: fake email, deterministic)",
+    "keyset-fake": "hand-written: keyset read + Faker + executemany + ledger",
 }
 
 
@@ -168,12 +188,12 @@ SQL = {
     # sweep.py's baseline and retentiond's delete fast path).
     ("keyset-sql", "postgresql"): (f"UPDATE users SET {SET_PG} WHERE id = ANY(ARRAY("
                                    f"{NEXT.format(p='%s')})) RETURNING id"),
-    ("keyset-hmac", "sqlite"): (f"SELECT id, email FROM users WHERE {DUE.format(p='?')} "
+    ("keyset-py", "sqlite"): (f"SELECT id, email FROM users WHERE {DUE.format(p='?')} "
                                 "AND id > ? ORDER BY id LIMIT ?"),
-    ("keyset-hmac", "postgresql"): (f"SELECT id, email FROM users WHERE {DUE.format(p='%s')} "
+    ("keyset-py", "postgresql"): (f"SELECT id, email FROM users WHERE {DUE.format(p='%s')} "
                                     "AND id > %s ORDER BY id LIMIT %s FOR UPDATE"),
-    ("write-hmac", "sqlite"): "UPDATE users SET email = ?, anonymized_at = ? WHERE id = ?",
-    ("write-hmac", "postgresql"): "UPDATE users SET email = %s, anonymized_at = %s WHERE id = %s",
+    ("write-py", "sqlite"): "UPDATE users SET email = ?, anonymized_at = ? WHERE id = ?",
+    ("write-py", "postgresql"): "UPDATE users SET email = %s, anonymized_at = %s WHERE id = %s",
 }
 
 
@@ -209,6 +229,27 @@ class _Store:
         self.con.close()
 
 
+def python_value(strategy: str, secret: bytes) -> Any:
+    """What the hand-written loop writes for an e-mail address, computed as retentiond's
+    strategy computes it (the table digests check that it is the same value)."""
+    if strategy == "hmac":
+        return lambda email: hmac.digest(secret, email.encode(), "sha256").hex() + "@" + DOMAIN
+    if strategy == "mask":
+        def mask(email: str) -> str:
+            local, _, domain = email.rpartition("@")
+            kept = "*" * len(local) if len(local) <= 1 else local[0] + "*" * (len(local) - 1)
+            return f"{kept}@{domain}"
+        return mask
+    from faker import Faker
+
+    faker = Faker()
+
+    def fake(email: str) -> str:
+        faker.seed_instance(int(hmac.digest(secret, email.encode(), "sha256").hex()[:16], 16))
+        return str(faker.email())
+    return fake
+
+
 def baseline(cfg: dict[str, Any]) -> dict[str, Any]:
     t0 = time.perf_counter()
     mode, url, batch = cfg["mode"], cfg["url"], int(cfg["batch"])
@@ -227,21 +268,22 @@ def baseline(cfg: dict[str, Any]) -> dict[str, Any]:
         store.close()
         return {"done": done, "batches": 1, "seconds": time.perf_counter() - t0}
 
-    rule = RULE_SQL if mode == "keyset-sql" else RULE_HMAC
+    rule = RULE_SQL if mode == "keyset-sql" else RULE_PY.format(mode.split("-", 1)[1])
     led = BaselineLedger(cfg["ledger"], cfg["key_file"], TARGET, rule, "anonymize")
     secret = Path(cfg["key_file"]).read_bytes().rstrip(b"\r\n")
+    value = None if mode == "keyset-sql" else python_value(mode.split("-", 1)[1], secret)
     last = 0
     while True:
         cur = store.begin()
         if mode == "keyset-sql":
             ids = [r[0] for r in cur.execute(SQL[mode, backend], (marker, cutoff, last, batch))]
         else:
-            rows = cur.execute(SQL[mode, backend], (cutoff, last, batch)).fetchall()
+            assert value is not None
+            rows = cur.execute(SQL["keyset-py", backend], (cutoff, last, batch)).fetchall()
             ids = [r[0] for r in rows]
             if rows:
-                cur.executemany(SQL["write-hmac", backend], [
-                    (hmac.digest(secret, email.encode(), "sha256").hex() + "@" + DOMAIN,
-                     marker, i) for i, email in rows])
+                cur.executemany(SQL["write-py", backend],
+                                [(value(email), marker, i) for i, email in rows])
         store.commit(cur)
         if not ids:
             break
@@ -268,9 +310,9 @@ def write_policy(path: Path, store_url: str, state: Path, key_file: Path, batch:
         birth_date: {strategy: truncate_date, unit: year}
         salary: {strategy: round, step: 1000}"""
     else:
-        rule, what = RULE_HMAC, "the e-mail address"
-        columns = """\
-        email: {strategy: hmac, format: email}"""
+        rule, what = RULE_PY.format(kind), "the e-mail address"
+        columns = f"""\
+        email: {PY_STRATEGIES[kind]}"""
     path.write_text(f"""\
 # generated by bench/anonymize.py
 version: 1
@@ -392,12 +434,13 @@ def bench_backend(backend: str, args: argparse.Namespace, work: Path, key_file: 
     due = int(scalar(tmpl_url, "SELECT count(*) FROM users WHERE created_at <= ?", (cut,)))
     log(f"{backend}: built in {build_s:.1f} s; {due:,} of {args.rows:,} rows due")
 
-    runs: dict[str, list[dict[str, Any]]] = {w: [] for w in (*SET_GROUP, *HMAC_GROUP)}
+    all_groups = groups(args.strategies)
+    runs: dict[str, list[dict[str, Any]]] = {w: [] for g in all_groups for w in g}
     copies: list[str] = []
     profiles: dict[str, str] = {}
     try:
         for rep in range(args.repeat):
-            for group in (SET_GROUP, HMAC_GROUP):
+            for group in all_groups:
                 order = list(group) if rep % 2 == 0 else list(reversed(group))
                 for who in order:
                     url = clone(backend, template, f"{tag}_{who.replace('-', '_')}", work,
@@ -416,7 +459,7 @@ def bench_backend(backend: str, args: argparse.Namespace, work: Path, key_file: 
                     drop_copy(backend, url, args.pg_url)
                     copies.remove(url)
         if args.profile:
-            for who in ("retentiond-sql", "retentiond-hmac"):
+            for who in [g[0] for g in all_groups]:
                 url = clone(backend, template, f"{tag}_profile", work, args.pg_url)
                 copies.append(url)
                 out = work / f"{who}-{backend}.pstats"
@@ -449,10 +492,11 @@ def summarise(backend: str, args: argparse.Namespace, due: int, build_s: float,
             if who.startswith("retentiond") and (r["verify_rc"] != 0 or r["failed"]):
                 problems.append(f"{who} run {i + 1}: audit verify rc={r['verify_rc']}, "
                                 f"failed={r['failed']}")
-    for group in (SET_GROUP, HMAC_GROUP):
+    for group in groups(args.strategies):
         if len({r["digest"] for who in group for r in runs[who]}) != 1:
             problems.append(f"{' / '.join(group)} left different column values")
-    if len({r["digest"] for r in runs[SET_GROUP[0]] + runs[HMAC_GROUP[0]]}) == 1:
+    if "hmac" in args.strategies and len(
+            {r["digest"] for r in runs[SET_GROUP[0]] + runs[HMAC_GROUP[0]]}) == 1:
         problems.append("the set-based and the hmac rule left identical tables (no-op?)")
     refs = {r["refs"][1] for rs in runs.values() for r in rs if r["refs"] is not None}
     if len(refs) != 1:
@@ -482,20 +526,20 @@ def summarise(backend: str, args: argparse.Namespace, due: int, build_s: float,
     out = {
         "backend": backend, "rows": args.rows, "due": due, "batch": args.batch,
         "repeat": args.repeat, "build_seconds": round(build_s, 2),
-        "contenders": contenders,
+        "strategies": args.strategies, "contenders": contenders,
         "ratios": {
             "sql_vs_one_update": ratio("one-update", "retentiond-sql"),
             "sql_vs_one_update_inner": ratio("one-update", "retentiond-sql", "inner"),
             "sql_vs_keyset": ratio("keyset-sql", "retentiond-sql"),
             "sql_vs_keyset_inner": ratio("keyset-sql", "retentiond-sql", "inner"),
-            "hmac_vs_keyset": ratio("keyset-hmac", "retentiond-hmac"),
-            "hmac_vs_keyset_inner": ratio("keyset-hmac", "retentiond-hmac", "inner"),
+            **{f"{x}_vs_keyset{suffix}": ratio(f"keyset-{x}", f"retentiond-{x}", key)
+               for x in args.strategies for suffix, key in (("", "wall"), ("_inner", "inner"))},
         },
         "checks": {
             "identical_values_set_based": len({r["digest"] for w in SET_GROUP
                                                for r in runs[w]}) == 1,
-            "identical_values_hmac": len({r["digest"] for w in HMAC_GROUP
-                                          for r in runs[w]}) == 1,
+            **{f"identical_values_{x}": len({r["digest"] for w in py_group(x)
+                                             for r in runs[w]}) == 1 for x in args.strategies},
             "marked_exactly_due": all(r["marked"] == due == r["marked_due"]
                                       for rs in runs.values() for r in rs),
             "ledgers_name_same_records": len(refs) == 1,
@@ -517,7 +561,7 @@ def print_table(results: list[dict[str, Any]]) -> None:
               f"(table built in {r['build_seconds']} s)")
         print(f"  {'contender':<60}{'seconds':>9}{'rows/s':>10}{'in-run s':>10}"
               f"{'in-run rows/s':>15}{'peak RSS MB':>13}")
-        for group in (SET_GROUP, HMAC_GROUP):
+        for group in groups(r["strategies"]):
             for who in group:
                 x = c[who]
                 print(f"  {x['label']:<60}{x['seconds']:>9.2f}{x['rows_per_s']:>10,}"
@@ -529,12 +573,14 @@ def print_table(results: list[dict[str, Any]]) -> None:
               f"(in-run {q['sql_vs_one_update_inner']:.3f})")
         print(f"  set-based vs keyset UPDATE + ledger:    {q['sql_vs_keyset']:.3f} "
               f"(in-run {q['sql_vs_keyset_inner']:.3f})")
-        print(f"  hmac vs keyset executemany + ledger:    {q['hmac_vs_keyset']:.3f} "
-              f"(in-run {q['hmac_vs_keyset_inner']:.3f})")
-        print(f"  retentiond peak RSS: set-based {c['retentiond-sql']['peak_rss_mb']:.1f} MB, "
-              f"hmac {c['retentiond-hmac']['peak_rss_mb']:.1f} MB")
+        for x in r["strategies"]:
+            print(f"  {x} vs keyset executemany + ledger:{' ' * (8 - len(x))}"
+                  f"{q[f'{x}_vs_keyset']:.3f} (in-run {q[f'{x}_vs_keyset_inner']:.3f})")
+        print(f"  retentiond peak RSS: set-based {c['retentiond-sql']['peak_rss_mb']:.1f} MB"
+              + "".join(f", {x} {c[f'retentiond-{x}']['peak_rss_mb']:.1f} MB"
+                        for x in r["strategies"]))
         k = r["checks"]
-        same = k["identical_values_set_based"] and k["identical_values_hmac"]
+        same = all(v for n, v in k.items() if n.startswith("identical_values"))
         print(f"  checks: identical values {'ok' if same else 'FAILED'}"
               f", exactly the due rows marked {'ok' if k['marked_exactly_due'] else 'FAILED'}"
               f", ledgers {'ok' if k['ledgers_name_same_records'] else 'FAILED'}"
@@ -552,7 +598,13 @@ def main(argv: list[str] | None = None) -> int:
         "also run each retentiond rule once under cProfile per backend and print the top "
         "entries (kept in the work directory)"))
     p.add_argument("--_check", help=argparse.SUPPRESS)
+    p.add_argument("--strategies", default="hmac,mask",
+                   help="Python-computed strategies to compare, of hmac, mask, fake "
+                        "(default %(default)s; fake costs ~0.2 ms a row in Faker)")
     args = p.parse_args(argv)
+    args.strategies = [x for x in args.strategies.split(",") if x]
+    if not set(args.strategies) <= set(PY_STRATEGIES):
+        p.error(f"--strategies: choose from {', '.join(PY_STRATEGIES)}")
     if args._baseline:
         print(json.dumps(baseline(json.loads(args._baseline))))
         return 0

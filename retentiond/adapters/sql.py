@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -69,6 +69,9 @@ class SqlAdapter(SqlChecks, SqlActions, SqlRefs, SqlPartitions, Adapter):
         self._engine: Engine | None = None
         self._tables: dict[str, sa.Table] = {}
         self._iso_tables: dict[str, sa.Table] = {}
+        self._computed_updates: dict[str, Any] = {}
+        # predicate(): the last selections' SQL, by identity (see there).
+        self._predicates: dict[tuple[int, int], tuple[Selection, sa.Table, Any]] = {}
         self._refs: dict[str, list[Reference]] = {}
         self._folds: bool | None = None
         self._default: str | None = None
@@ -148,6 +151,8 @@ class SqlAdapter(SqlChecks, SqlActions, SqlRefs, SqlPartitions, Adapter):
             self._engine = None
         self._tables.clear()
         self._iso_tables.clear()
+        self._computed_updates.clear()
+        self._predicates.clear()
         self._refs.clear()
         self._default = None
         self._folds = None
@@ -263,6 +268,23 @@ class SqlAdapter(SqlChecks, SqlActions, SqlRefs, SqlPartitions, Adapter):
 
     # -- selection to SQL ---------------------------------------------------------------------
     def predicate(self, sel: Selection, table: sa.Table) -> sa.ColumnElement[bool]:
+        """The selection as SQL on ``table``. Built once per selection object: a sweep asks
+        for it twice per batch (the pick and the disposing statement), and the executor hands
+        the same selection to every batch until the holds change; building the clock's
+        well-formedness test and the foreign-key guards costs milliseconds each time. The
+        memo holds the selection and table themselves, so an id is never reused while it
+        is in there."""
+        memo = (id(sel), id(table))
+        hit = self._predicates.get(memo)
+        if hit is not None and hit[0] is sel and hit[1] is table:
+            return cast("sa.ColumnElement[bool]", hit[2])
+        if len(self._predicates) >= 64:
+            self._predicates.clear()
+        expr = self._predicate(sel, table)
+        self._predicates[memo] = (sel, table, expr)
+        return expr
+
+    def _predicate(self, sel: Selection, table: sa.Table) -> sa.ColumnElement[bool]:
         rule = sel.rule
         parts: list[Clause] = []
         if sel.action == "anonymize" and rule.anonymize:

@@ -13,24 +13,28 @@ once their purge time has come.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal, overload
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import NoSuchTableError
+from sqlalchemy.exc import DBAPIError, NoSuchTableError
 
 from retentiond import anonymize as anon
 from retentiond.adapters.base import Candidate, NextBatch, Problem, Selection
 from retentiond.adapters.sqlexpr import Key, bound
+from retentiond.adapters.sqlsplit import Attempt, integrity_reason, split
 from retentiond.adapters.sqltypes import LISTENERS, domain_problems
+from retentiond.log import get_logger
 
 if TYPE_CHECKING:
     from contextlib import AbstractContextManager
 
     from retentiond.policy.model import Policy, Rule
 
+log = get_logger(__name__)
 EXTRA_COLUMNS = ("retentiond_isolated_at", "retentiond_rule", "retentiond_purge_after")
 
 
@@ -46,6 +50,7 @@ class SqlActions:
     policy: Policy
     store_name: str
     _iso_tables: dict[str, sa.Table]
+    _computed_updates: dict[str, _Compiled]  # per rule: its compiled executemany UPDATE
 
     if TYPE_CHECKING:
         @property
@@ -67,48 +72,53 @@ class SqlActions:
     def anonymize(self, selection: Selection, keys: Sequence[Any]) -> list[Any]:
         if not keys:
             return []
+        table = self.table(selection.rule)
+        return self.each(f"anonymising {table.name}", keys, self._anonymize_attempt(selection))
+
+    def _anonymize_attempt(self, selection: Selection) -> Attempt:
+        """One statement (set-based) or a locked read plus one ``executemany`` (Python
+        strategies) over a part of a batch, re-checking the whole selection."""
         rule = selection.rule
         assert rule.anonymize is not None
         table = self.table(rule)
         key = self.key(rule, table)
         selected = self.predicate(selection, table)
         marker = table.c[rule.anonymize.marker]
-        fixed = {marker.name: bound(marker, selection.now)}
-        fixed |= self._sql_values(rule, table)
-        computed = {c: anon.python_function(s, self._secret())
-                    for c, s in rule.anonymize.columns.items() if not anon.is_sql(s)}
+        computed = _computed(rule, self._secret())
+        fixed = {} if computed else ({marker.name: bound(marker, selection.now)}
+                                     | self._sql_values(rule, table))
+        write = self._computed_writer(selection, table, key) if computed else None
 
         def attempt(conn: Connection, part: Sequence[Any]) -> list[Any]:
             where = sa.and_(key.in_(self.engine.dialect.name, part), selected)
             _take_write_lock(conn, table, marker)
-            if not computed:
+            if write is None:
                 return _update_returning(conn, table, key, where, fixed)
             rows = conn.execute(sa.select(*key.read, *(table.c[c] for c in computed))
                                 .where(where).with_for_update()).all()
-            n = len(key.columns)
             if rows:
-                stmt = sa.update(table).where(*(c == sa.bindparam(f"_key_{i}")
-                                                for i, c in enumerate(key.cmp))).values(
-                    **fixed, **{c: sa.bindparam(f"_new_{c}") for c in computed})
-                conn.execute(stmt, [{**{f"_key_{i}": r[i] for i in range(n)},
-                                     **{f"_new_{c}": fn(r[n + i])
-                                        for i, (c, fn) in enumerate(computed.items())}}
-                                    for r in rows])
+                write(conn, rows)
             return key.values(rows)
 
-        return self.each(f"anonymising {table.name}", keys, attempt)
+        return attempt
 
     def anonymize_next(self, selection: Selection, after: Any, limit: int,
                        intent: Callable[[list[Any]], None]) -> NextBatch | None:
-        """When every strategy is SQL-expressible: one ``UPDATE ... WHERE <selection> AND key
-        IN (<the next keys>) RETURNING key`` per batch (:func:`take_next`), the intent written
-        before the commit (as ``delete_next``). None otherwise, and on dialects without UPDATE
-        ... RETURNING or with no LIMIT subqueries on the updated table (MySQL/MariaDB)."""
+        """One store transaction per batch on SQLite and PostgreSQL, the intent written before
+        its commit (as ``delete_next``). When every strategy is SQL-expressible: one ``UPDATE
+        ... WHERE <selection> AND key IN (<the next keys>) RETURNING key`` (:func:`take_next`).
+        Otherwise (:meth:`_computed_next`) the next keys and their values are read under lock
+        with the whole selection, computed in Python and written with one ``executemany`` on
+        the driver's cursor. None on other dialects (MySQL/MariaDB: no LIMIT subqueries on the
+        updated table): they take the scan path."""
         rule = selection.rule
         assert rule.anonymize is not None
         dialect = self.engine.dialect
-        if (dialect.name not in ("sqlite", "postgresql") or not dialect.update_returning
-                or not all(anon.is_sql(s) for s in rule.anonymize.columns.values())):
+        if dialect.name not in ("sqlite", "postgresql"):
+            return None
+        if not all(anon.is_sql(s) for s in rule.anonymize.columns.values()):
+            return self._computed_next(selection, after, limit, intent)
+        if not dialect.update_returning:
             return None
         table = self.table(rule)
         key = self.key(rule, table)
@@ -117,6 +127,98 @@ class SqlActions:
         dml = sa.update(table).where(self.predicate(selection, table)).values(**values)
         return self.run_next(f"anonymising {table.name}", dml, key,
                              self.pick(selection, table, after, limit), intent)
+
+    def _computed_next(self, selection: Selection, after: Any, limit: int,
+                       intent: Callable[[list[Any]], None]) -> NextBatch:
+        """A batch with Python strategies in one transaction: the store's write lock taken
+        (SQLite) or the rows locked (``FOR UPDATE``, PostgreSQL re-checks the selection on a
+        row changed meanwhile) by the read that picks the next ``limit`` selected keys above
+        ``after`` with the columns to compute; the new values written by key with one
+        ``executemany``; the intent written before the commit. After an integrity error the
+        batch is read again and its records that fail are left alone (:func:`split`)."""
+        rule = selection.rule
+        assert rule.anonymize is not None
+        table = self.table(rule)
+        key = self.key(rule, table)
+        marker = table.c[rule.anonymize.marker]
+        computed = _computed(rule, self._secret())
+        read = sa.select(*key.read, *(table.c[c] for c in computed)).where(
+            self.predicate(selection, table))
+        if after is not None:
+            read = read.where(key.after(after))
+        read = read.order_by(*key.order).limit(limit).with_for_update()
+        write = self._computed_writer(selection, table, key)
+        doing = f"anonymising {table.name}"
+        written = False
+        with self._errors(doing):
+            try:
+                with self.engine.begin() as conn:
+                    _take_write_lock(conn, table, marker)
+                    rows = conn.execute(read).all()
+                    if not rows:
+                        return NextBatch([], None)
+                    write(conn, rows)
+                    keys = key.values(rows)
+                    intent(keys)  # durable before the store commits: a crash rolls back
+                    written = True
+                    return NextBatch(keys, keys[-1])
+            except DBAPIError as exc:
+                # Failing at COMMIT leaves an intent behind that reconcile settles.
+                if written or integrity_reason(exc) is None:
+                    raise
+            with self.engine.begin() as conn:
+                _take_write_lock(conn, table, marker)
+                picked = key.values(conn.execute(read.with_only_columns(*key.read)).all())
+                disposed, failed = split(conn, picked, self._anonymize_attempt(selection))
+                disposed.sort(key=key.params)
+                if disposed:
+                    intent(disposed)
+        log.warning("records failed", failed=sum(failed.values()), disposed=len(disposed))
+        return NextBatch(disposed, picked[-1] if picked else None, failed)
+
+    def _computed_writer(self, selection: Selection, table: sa.Table, key: Key
+                         ) -> Callable[[Connection, Sequence[Sequence[Any]]], None]:
+        """What writes a batch of Python-computed values: ``UPDATE <table> SET <marker> = ?,
+        <SQL strategies>, <column> = ? ... WHERE <key> = ?`` compiled once per rule and run
+        with one ``executemany`` on the driver's cursor inside the caller's transaction (on
+        psycopg 3 one pipelined round trip), binding each row's values without SQLAlchemy's
+        per-row processing. ``rows`` are ``key.read`` columns then the computed columns'
+        current values, read under lock with the whole selection."""
+        rule = selection.rule
+        assert rule.anonymize is not None
+        marker = table.c[rule.anonymize.marker]
+        computed = _computed(rule, self._secret())
+        compiled = self._computed_update(rule, table, key, list(computed))
+        now = bound(marker, selection.now)
+        fns = list(computed.values())
+        n = len(key.columns)
+
+        def write(conn: Connection, rows: Sequence[Sequence[Any]]) -> None:
+            if n == 1 and len(fns) == 1:  # the common case, without a generator per row
+                fn = fns[0]
+                compiled.run(conn, now, [(r[0], fn(r[1])) for r in rows])
+                return
+            compiled.run(conn, now, [(*r[:n], *(f(v) for f, v in zip(fns, r[n:], strict=True)))
+                                     for r in rows])
+
+        return write
+
+    def _computed_update(self, rule: Rule, table: sa.Table, key: Key, columns: list[str]
+                         ) -> _Compiled:
+        cache = self._computed_updates
+        if rule.id not in cache:
+            assert rule.anonymize is not None
+            marker = table.c[rule.anonymize.marker]
+            stmt = sa.update(table).where(*(c == sa.bindparam(f"_key_{i}")
+                                            for i, c in enumerate(key.cmp))).values(
+                {marker.name: sa.bindparam("_marker", type_=marker.type)}
+                | self._sql_values(rule, table)
+                | {c: sa.bindparam(f"_new_{i}", type_=table.c[c].type)
+                   for i, c in enumerate(columns)})
+            cache[rule.id] = _Compiled(stmt, self.engine.dialect,
+                                       [f"_key_{i}" for i in range(len(key.columns))]
+                                       + [f"_new_{i}" for i in range(len(columns))])
+        return cache[rule.id]
 
     def _secret(self) -> bytes:
         return self.policy.secret_bytes
@@ -331,6 +433,83 @@ class SqlActions:
 def _purgeable(iso: sa.Table, rule: Rule, now: datetime) -> list[sa.ColumnElement[bool]]:
     utc = now.astimezone(UTC).replace(tzinfo=None)
     return [iso.c.retentiond_rule == rule.id, iso.c.retentiond_purge_after <= utc]
+
+
+def _computed(rule: Rule, secret: bytes) -> dict[str, Callable[[Any], Any]]:
+    """The rule's Python-computed strategies (mask, hmac, fake), by column."""
+    assert rule.anonymize is not None
+    return {c: anon.python_function(s, secret)
+            for c, s in rule.anonymize.columns.items() if not anon.is_sql(s)}
+
+
+class _Compiled:
+    """An ``UPDATE`` binding ``_marker`` once per batch and ``names`` (the key's components,
+    then the computed values) per row, compiled once and run with one ``executemany`` on the
+    DBAPI cursor of the caller's transaction. Values go through the same bind processors
+    SQLAlchemy would apply (SQLite's text for a timestamp); a driver error is raised as
+    SQLAlchemy raises it, for the adapter to map. A statement with expanding parameters is
+    run through SQLAlchemy instead."""
+
+    def __init__(self, stmt: sa.Update, dialect: sa.Dialect, names: list[str]) -> None:
+        compiled = stmt.compile(dialect=dialect)
+        self.stmt, self.names, self.dialect = stmt, names, dialect
+        self.sql = str(compiled)
+        wanted = [*names, "_marker"]
+        self.plain = ("POSTCOMPILE" not in self.sql
+                      and all(n in compiled.binds for n in wanted))
+        self.processors: dict[str, Any] = dict(getattr(compiled, "_bind_processors", {}))
+        self.base = dict(compiled.construct_params(dict.fromkeys(wanted))) if self.plain else {}
+        self.escaped: dict[str, str] = dict(compiled.escaped_bind_names or {})
+        self.order = list(compiled.positiontup) if compiled.positiontup else None
+        # Per row: where each per-row value goes (a position, or a parameter's name).
+        index = {n: i for i, n in enumerate(names)}
+        self.at = [(pos, index[n], self.processors.get(n))
+                   for pos, n in enumerate(self.order or ()) if n in index]
+        self.named = [(self.escaped.get(n, n), index[n], self.processors.get(n))
+                      for n in names]
+
+    def run(self, conn: Connection, marker: Any, rows: Sequence[Sequence[Any]]) -> None:
+        if not self.plain:
+            conn.execute(self.stmt, [{"_marker": marker, **dict(zip(self.names, r, strict=True))}
+                                     for r in rows])
+            return
+        fixed = {n: self.processors[n](v) if n in self.processors else v
+                 for n, v in {**self.base, "_marker": marker}.items()}
+        params: list[Any]
+        if self.order is not None and all(proc is None for _, _, proc in self.at):
+            # Each row's parameters picked from the row followed by the fixed values.
+            fixed_values = tuple(fixed[n] for n in self.order)
+            width = len(self.names)
+            at = {pos: i for pos, i, _ in self.at}
+            pick = operator.itemgetter(*(at[pos] if pos in at else width + pos
+                                         for pos in range(len(self.order))))
+            params = [pick((*r, *fixed_values)) for r in rows]
+            if len(self.order) == 1:
+                params = [(p,) for p in params]
+        elif self.order is not None:
+            template = [fixed[n] for n in self.order]
+            params = []
+            for r in rows:
+                p = template.copy()
+                for pos, i, proc in self.at:
+                    p[pos] = r[i] if proc is None else proc(r[i])
+                params.append(p)
+        else:
+            named = {self.escaped.get(n, n): v for n, v in fixed.items()}
+            params = []
+            for r in rows:
+                d = named.copy()
+                for name, i, proc in self.named:
+                    d[name] = r[i] if proc is None else proc(r[i])
+                params.append(d)
+        cur = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        try:
+            cur.executemany(self.sql, params)
+        except self.dialect.loaded_dbapi.Error as exc:
+            raise DBAPIError.instance(self.sql, None, exc, self.dialect.loaded_dbapi.Error,
+                                      dialect=self.dialect) from exc
+        finally:
+            cur.close()
 
 
 def _take_write_lock(conn: Connection, table: sa.Table, column: sa.Column[Any]) -> None:

@@ -84,18 +84,31 @@ def well_formed(column: sa.Column[Any], dialect: str) -> sa.ColumnElement[bool] 
         return real_time(column, dialect)
     if dialect == "sqlite":
         # GLOB for the shape, datetime() for the ranges (month 13 is NULL), the hour by hand.
-        # Ordered so the common forms cost one GLOB each: this runs on every due row.
-        # (A non-text value fails the first GLOB: 20190101 is not ``YYYY-MM-DD``.)
+        # This runs on every due row (twice a batch) and on every row when bad clocks are
+        # counted, and GLOB costs about a microsecond: the length picks the one shape a value
+        # can have, so every form costs one GLOB, and datetime() runs last, on well-shaped
+        # values only. (A non-text value fails its GLOB: 20190101 is not ``YYYY-MM-DD``.)
         full = f"{_GLOB_DATE} {_GLOB_TIME}"
-        fraction = sa.and_(column.op("GLOB")(f"{full}.[0-9]*"),
-                           sa.func.length(column) <= 26,
+        length = sa.func.length(column)
+        fraction = sa.and_(length.between(21, 26), column.op("GLOB")(f"{full}.[0-9]*"),
                            sa.func.substr(column, 21).op("NOT GLOB")("*[^0-9]*"))
-        return sa.and_(column.op("GLOB")(f"{_GLOB_DATE}*"),
-                       sa.func.datetime(column).is_not(None),
-                       sa.or_(column.op("GLOB")(f"{full}.{'[0-9]' * 6}"),
-                              column.op("GLOB")(full), column.op("GLOB")(_GLOB_DATE),
-                              fraction),
-                       sa.func.substr(column, 12, 2) < "24")
+        one_form = sa.case({19: column.op("GLOB")(full), 10: column.op("GLOB")(_GLOB_DATE)},
+                           value=length, else_=fraction)
+        hour = sa.func.substr(column, 12, 2) < "24"
+        checked = sa.and_(one_form, hour, sa.func.datetime(column).is_not(None))
+        # First a cheap sufficient test: a value that is its own datetime() (date() for a
+        # date), hour below 24 (datetime() keeps 24:00:00 as it is), is of the form and in
+        # range. The length excludes negative years (SQLite reads -0001-01-01); a non-text
+        # value never equals text. Values it cannot vouch for (other fractions, the 31st of
+        # February) take the full test.
+        canonical = sa.case(
+            (length == 19, sa.and_(sa.func.datetime(column) == column, hour)),
+            (length == 10, sa.func.date(column) == column),
+            (length == 26, sa.and_(sa.func.datetime(column) == sa.func.substr(column, 1, 19),
+                                   hour, sa.func.substr(column, 20, 1) == ".",
+                                   sa.func.substr(column, 21).op("NOT GLOB")("*[^0-9]*"))),
+            else_=sa.false())
+        return sa.case((canonical, sa.true()), else_=checked)
     shaped = column.regexp_match(_SQL_PATTERN)
     if dialect in ("mysql", "mariadb"):
         # REGEXP's $ also matches before a trailing line break ('2010-01-01\n'): no character
@@ -276,7 +289,15 @@ def clock_range(conn: Connection, clock: sa.Column[Any], dialect: str,
     conds = [*where, clock.is_not(None), *([ok] if ok is not None else [])]
     # Text (SQLite DATETIME included) comes back raw and is parsed by clock_instant.
     col = sa.type_coerce(clock, sa.String) if can_be_bad(clock, dialect) else clock
-    row = conn.execute(sa.select(sa.func.min(col), sa.func.max(col)).where(*conds)).one()
+    if dialect == "sqlite":
+        # SQLite reads min() and max() through an index only one at a time and without a
+        # WHERE: the first and last row in the clock's order (the same comparison) are two
+        # index seeks instead of a pass over the whole index (0.3 s on 1M rows).
+        first = sa.select(col).where(*conds).order_by(clock).limit(1).scalar_subquery()
+        last = sa.select(col).where(*conds).order_by(clock.desc()).limit(1).scalar_subquery()
+        row = conn.execute(sa.select(first, last)).one()
+    else:
+        row = conn.execute(sa.select(sa.func.min(col), sa.func.max(col)).where(*conds)).one()
     return row[0], row[1]
 
 

@@ -199,6 +199,58 @@ def test_a_check_constraint_fails_anonymised_records_alone(store_db: Any, ws: An
     assert ws.invoke("audit", "verify").code == 0
 
 
+MASK_REASONS = {"sqlite": "IntegrityError",
+                "postgresql": "check constraint accounts_mask_check (CheckViolation)",
+                "mariadb": "check constraint accounts_mask_check (OperationalError 4025)"}
+
+
+def test_a_python_strategy_fails_its_records_alone(store_db: Any, ws: Any) -> None:
+    """A Python-computed strategy (``mask``) is written with one ``executemany`` per batch;
+    when the masked value violates a check constraint for the locked rows, that batch is
+    tried again and only those rows fail: the others get exactly the masked value."""
+    engine = store_db.engine()
+    md = sa.MetaData()
+    accounts = sa.Table(
+        "accounts", md,
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("created_at", sa.DateTime, nullable=False),
+        sa.Column("locked", sa.Integer, nullable=False),
+        sa.Column("note", sa.String(40), nullable=True),
+        sa.Column("anonymized_at", sa.DateTime, nullable=True),
+        sa.CheckConstraint("locked = 0 OR note NOT LIKE '%#%'", name="accounts_mask_check"))
+    md.create_all(engine)
+    now = now_seconds()
+    with engine.begin() as conn:
+        conn.execute(accounts.insert(), [
+            {"id": i, "created_at": now - timedelta(days=OLD_DAYS if i in DUE else 5),
+             "locked": int(i in LOCKED), "note": f"note {i}", "anonymized_at": None}
+            for i in range(1, 41)])
+    rule = {"id": "old-accounts", "store": "app", "table": "accounts", "key": "id",
+            "clock": "created_at", "dispose_after": "1y", "action": "anonymize",
+            "anonymize": {"marker": "anonymized_at", "columns": {
+                "note": {"strategy": "mask", "keep_first": 2, "char": "#"}}}}
+    ws.policy({"app": {"adapter": "sql", "url": store_db.url}}, [rule], batch_size=4)
+
+    res = ws.invoke("--json", "run")
+
+    assert res.code == 1, res.err
+    with engine.connect() as conn:
+        notes = dict(conn.execute(sa.text("select id, note from accounts")).all())
+        marked = set(conn.execute(sa.text(
+            "select id from accounts where anonymized_at is not null")).scalars())
+    masked = DUE - LOCKED
+    assert notes == {i: "no" + "#" * (len(f"note {i}") - 2) if i in masked else f"note {i}"
+                     for i in range(1, 41)}
+    assert marked == masked
+    result = res.json()["rules"][0]
+    assert (result["done"], result["failed"]) == (24, 6)
+    assert result["error"] == f"6 records failed: {MASK_REASONS[store_db.backend]}"
+    refs_ledgered = [r for e in ledger(ws.root / "state.db", "dispose") for r in e["record_refs"]]
+    assert sorted(refs_ledgered) == sorted(
+        record_ref(ws.secret, "app", "accounts", k) for k in masked)
+    assert ws.invoke("audit", "verify").code == 0
+
+
 # -- a composite key (day, id): the per-record path binds every component -----------------
 DAY0 = datetime(2021, 3, 1, 8, 30, 0)
 COMPOSITE = {**RULE, "key": ["day", "id"]}
