@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from datetime import datetime
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from retentiond.audit.ledger import Refs, key_text
 
@@ -38,3 +41,23 @@ def test_hmac_strategy_is_the_one_shot_hmac_of_the_value(length: int) -> None:
         digest = hmac.new(secret, text.encode(), hashlib.sha256).hexdigest()
         assert apply(value) == f"{digest[:20]}@anonymized.invalid"
     assert apply(None) is None
+
+
+_COMPONENTS = st.one_of(
+    st.integers(), st.booleans(), st.text(max_size=6), st.dates(),
+    st.datetimes(timezones=st.none() | st.just(UTC) | st.just(timezone(timedelta(hours=-5)))),
+    st.decimals(allow_nan=False, places=2), st.binary(max_size=4), st.uuids())
+
+
+@given(st.lists(st.tuples(_COMPONENTS, _COMPONENTS) | st.tuples(st.integers(), st.datetimes())
+                | st.integers() | st.tuples(_COMPONENTS, _COMPONENTS, _COMPONENTS),
+                min_size=1, max_size=12))
+@settings(max_examples=300, deadline=None)
+def test_a_batch_of_any_keys_gets_each_keys_own_reference(keys: list[Any]) -> None:
+    """The batch path formats two-column keys of one shape without the general path: every
+    key of a batch, whatever the first key's shape and whatever the others', still gets
+    exactly the one-shot HMAC over its own key_text."""
+    secret = b"k" * 32
+    expected = [hmac.new(secret, b"app\0events\0" + key_text(k).encode(), hashlib.sha256)
+                .hexdigest() for k in keys]
+    assert Refs(secret).records("app", "events", keys) == expected
