@@ -127,6 +127,9 @@ def _texts(keys: list[Any]) -> Iterator[str]:
     for every key of exactly those types (the same text); any other key takes
     :func:`key_text`."""
     first = keys[0] if keys else None
+    if not any(issubclass(t, tuple) for t in set(map(type, keys))):
+        yield from map(str, keys)  # one-column keys: key_text is str()
+        return
     if not (type(first) is tuple and len(first) == 2):
         yield from (key_text(k) if isinstance(k, tuple) else str(k) for k in keys)
         return
