@@ -124,16 +124,20 @@ def _hmac(s: HmacStrategy, secret: bytes) -> Callable[[Any], str]:
 
 
 def _mask(s: MaskStrategy, _: bytes) -> Callable[[Any], str]:
+    # The strategy's settings read once per rule, not per value (this runs per row).
+    first, last, char = s.keep_first, s.keep_last, s.char
+    email = s.format == "email"
+    kept = first + last
+
     def mask_text(text: str) -> str:
         n = len(text)
-        if s.keep_first + s.keep_last >= n:
-            return s.char * n  # keeping that much would keep everything
-        tail = text[n - s.keep_last:] if s.keep_last else ""
-        return text[: s.keep_first] + s.char * (n - s.keep_first - s.keep_last) + tail
+        if kept >= n:
+            return char * n  # keeping that much would keep everything
+        return text[:first] + char * (n - kept) + (text[n - last:] if last else "")
 
     def apply(value: Any) -> str:
-        text = _text(value)
-        if s.format == "email" and "@" in text:
+        text = value if type(value) is str else _text(value)
+        if email and "@" in text:
             local, _, domain = text.rpartition("@")
             return f"{mask_text(local)}@{domain}"
         return mask_text(text)
