@@ -30,6 +30,7 @@ from retentiond.adapters.sqlclock import (
     marker_problems,
     shown,
 )
+from retentiond.adapters.sqlexpr import quoted_table
 from retentiond.adapters.sqltypes import type_name
 from retentiond.errors import StoreError
 
@@ -77,13 +78,13 @@ class SqlChecks:
                        "::oid")
         with self._errors(f"reading the partition tree of {rule.table}"), \
                 self.engine.connect() as conn:
-            mine = conn.execute(root, {"n": _qualified(table)}).scalar()
+            mine = conn.execute(root, {"n": quoted_table(table)}).scalar()
             for other in others:
                 try:
                     theirs = self.table(other)
                 except (sa.exc.NoSuchTableError, StoreError):
                     continue  # that rule fails on its own
-                if conn.execute(root, {"n": _qualified(theirs)}).scalar() == mine:
+                if conn.execute(root, {"n": quoted_table(theirs)}).scalar() == mine:
                     return [("table", f"{rule.table} and {other.table} (rule {other.id}) are "
                              "one partitioned table; name it the same way (its parent) in "
                              "every rule, so that their floors, holds and due dates apply to "
@@ -205,11 +206,3 @@ class SqlChecks:
                  f"already have {opts.marker} set, but the ledger holds no anonymisation by "
                  "this rule; if something else sets the marker, those rows count as done and "
                  "are never anonymised")]
-
-
-def _qualified(table: sa.Table) -> str:
-    """The table's name quoted for ``to_regclass``."""
-    def quote(name: str) -> str:
-        return '"' + name.replace('"', '""') + '"'
-    return quote(table.name) if table.schema is None else \
-        f"{quote(table.schema)}.{quote(table.name)}"

@@ -40,7 +40,7 @@ import sqlalchemy as sa
 
 from retentiond.adapters.base import DropDeclined, Problem, Selection
 from retentiond.adapters.sqlclock import clock_bound
-from retentiond.adapters.sqlexpr import Key, is_disconnect
+from retentiond.adapters.sqlexpr import Key, is_disconnect, quoted_table
 from retentiond.errors import StoreError, StoreUnreachable
 from retentiond.log import get_logger
 from retentiond.state import faults
@@ -272,7 +272,7 @@ class SqlPartitions:
     def _detach(self, conn: Connection, table: sa.Table, part: Part) -> None:
         """DETACH (ACCESS EXCLUSIVE on the parent and the partition, held to the commit), in
         the caller's transaction; the table stays, with its rows, until :meth:`_drop`."""
-        conn.execute(sa.text(f"alter table {_qualified(table)} detach partition "
+        conn.execute(sa.text(f"alter table {quoted_table(table)} detach partition "
                              f"{part.qualified}"))
 
     def _drop(self, conn: Connection, part: Part) -> None:
@@ -286,7 +286,7 @@ class SqlPartitions:
 
     def _oid(self, conn: Connection, table: sa.Table) -> int | None:
         name = sa.text("select to_regclass(:n)::oid")
-        found = conn.execute(name, {"n": _qualified(table)}).scalar()
+        found = conn.execute(name, {"n": quoted_table(table)}).scalar()
         return None if found is None else int(found)
 
     def _strategy(self, conn: Connection, rule: Rule, table: sa.Table) -> str | None:
@@ -458,13 +458,3 @@ def _upper(bound: str) -> str | None:
         return None
     lit = _LITERAL.match(m.group(2).strip())
     return None if lit is None else lit.group(1).replace("''", "'")
-
-
-def _ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
-def _qualified(table: sa.Table) -> str:
-    """The table's name quoted for SQL (and for ``to_regclass``)."""
-    bare = _ident(table.name)
-    return bare if table.schema is None else f"{_ident(table.schema)}.{bare}"

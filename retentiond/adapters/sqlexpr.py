@@ -408,3 +408,12 @@ def coerce_key(column: sa.Column[Any], text: str, tz: Any) -> Any:
             except (ValueError, InvalidOperation):
                 raise ValueError(f"{column.name} takes {what}") from None
     return text
+
+
+def quoted_table(table: sa.Table) -> str:
+    """The table's name in double quotes, schema-qualified when it has one: for SQL text and
+    ``to_regclass`` (PostgreSQL)."""
+    def quote(name: str) -> str:
+        return '"' + name.replace('"', '""') + '"'
+    return quote(table.name) if table.schema is None else \
+        f"{quote(table.schema)}.{quote(table.name)}"

@@ -119,16 +119,8 @@ def complete_request(engine: Engine, request: OpenRequest, outcome: dict[str, An
     (:func:`merge_outcome`): ``partial`` if a legal obligation kept any record, else ``done``.
     Forgets the raw subject id and ledgers the whole outcome. Returns the status."""
     with engine.begin() as conn:
-        whole = merge_outcome(_stored_outcome(conn, request.id), outcome)
-        status = "partial" if any(v.get("kept") for v in whole.values()) else "done"
-        conn.execute(update(requests_t).where(requests_t.c.id == request.id).values(
-            status=status, completed_at=datetime.now(UTC), subject=None,
-            outcome=json.dumps(whole, sort_keys=True)))
-        ledger.append(conn, [ledger.Draft(
-            kind="request", run_id=run_id, reason=f"erasure {status}",
-            subject_ref=request.subject_ref,
-            detail={"request_id": request.id, "status": status, "outcome": whole})])
-    return status
+        return _close(conn, request, merge_outcome(_stored_outcome(conn, request.id), outcome),
+                      run_id)
 
 
 def settle_served(engine: Engine, request: OpenRequest, outcome: dict[str, Any], run_id: str,
