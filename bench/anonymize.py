@@ -28,11 +28,9 @@ import hashlib
 import hmac
 import json
 import os
-import shutil
 import sqlite3
 import statistics
 import sys
-import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -55,7 +53,6 @@ from common import (  # bench/ is not a package: anonymize.py runs as a script
     ledger_digest,
     log,
     must,
-    new_key_file,
     pg_drop,
     print_profile,
     retentiond_run,
@@ -64,6 +61,7 @@ from common import (  # bench/ is not a package: anonymize.py runs as a script
     scalar,
     shared_arguments,
     use_source,
+    workdir,
 )
 
 TARGET = "users"         # refs are HMAC(key, "store\0users\0<id>")
@@ -624,20 +622,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.rows < 1000 or args.batch < 1 or args.repeat < 1:
         p.error("--rows must be >= 1000, --batch and --repeat >= 1")
 
-    work = Path(args.workdir or tempfile.mkdtemp(prefix="retentiond-bench-"))
-    work.mkdir(parents=True, exist_ok=True)
-    key_file = new_key_file(work)
     backends = ["sqlite", "postgresql"] if args.backend == "both" else [args.backend]
     results = []
     t0 = time.perf_counter()
-    try:
+    with workdir(args, "retentiond-bench-") as (work, key_file):
         for backend in backends:
             results.append(bench_backend(backend, args, work, key_file))
-    finally:
-        if not args.keep and not args.profile:
-            shutil.rmtree(work, ignore_errors=True)
-        else:
-            log(f"work directory kept: {work}")
     log(f"done in {time.perf_counter() - t0:.0f} s")
     for r in results:
         for path in r.get("profiles", {}).values():

@@ -20,6 +20,8 @@ import tempfile
 import threading
 import time
 from calendar import monthrange
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -164,6 +166,22 @@ def new_key_file(work: Path) -> Path:
     key_file.write_text(secrets.token_hex(32) + "\n")
     key_file.chmod(0o600)
     return key_file
+
+
+@contextmanager
+def workdir(args: argparse.Namespace, prefix: str = "retentiond-bench-"
+            ) -> Iterator[tuple[Path, Path]]:
+    """A benchmark's work directory (``--workdir`` or a fresh temporary one) and its key
+    file; removed afterwards unless ``--keep`` or ``--profile`` asks to keep it."""
+    work = Path(args.workdir or tempfile.mkdtemp(prefix=prefix))
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        yield work, new_key_file(work)
+    finally:
+        if not args.keep and not args.profile:
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            log(f"work directory kept: {work}")
 
 
 def bench_process_peak_rss_mb() -> float:

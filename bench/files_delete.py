@@ -35,7 +35,6 @@ import shutil
 import stat
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -48,12 +47,12 @@ from common import (  # bench/ is not a package: this runs as a script
     ledger_digest,
     log,
     must,
-    new_key_file,
     print_profile,
     retentiond_run,
     retentiond_upgrade,
     run_child,
     use_source,
+    workdir,
 )
 
 RULE = "old-files"
@@ -315,16 +314,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error(problem)
     if args.files < 100 or not 0 < args.due_percent <= 100 or args.repeat < 1:
         p.error("--files must be >= 100, --due-percent in 1..100, --repeat >= 1")
-    work = Path(args.workdir or tempfile.mkdtemp(prefix="retentiond-bench-files-"))
-    work.mkdir(parents=True, exist_ok=True)
-    key_file = new_key_file(work)
-    try:
+    with workdir(args, "retentiond-bench-files-") as (work, key_file):
         result = bench(args, work, key_file)
-    finally:
-        if not args.keep and not args.profile:
-            shutil.rmtree(work, ignore_errors=True)
-        else:
-            log(f"work directory kept: {work}")
     if result.get("profile"):
         print_profile(Path(result["profile"]))
     if args.json:

@@ -52,7 +52,6 @@ from common import (  # bench/ is not a package: partitions.py runs as a script
     ledger_digest,
     log,
     must,
-    new_key_file,
     pg_drop,
     print_profile,
     retentiond_run,
@@ -60,6 +59,7 @@ from common import (  # bench/ is not a package: partitions.py runs as a script
     run_child,
     shared_arguments,
     use_source,
+    workdir,
 )
 
 TARGET = "events"
@@ -514,16 +514,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error("partitions: drop is PostgreSQL only")
     if args.rows < args.months * 10 or args.months < 5 or args.repeat < 1:
         p.error("--months >= 5, --rows >= 10 per month, --repeat >= 1")
-    work = Path(args.workdir or tempfile.mkdtemp(prefix="retentiond-bench-"))
-    work.mkdir(parents=True, exist_ok=True)
-    key_file = new_key_file(work)
-    try:
+    with workdir(args) as (work, key_file):
         result = bench(args, work, key_file)
-    finally:
-        if not args.keep and not args.profile:
-            shutil.rmtree(work, ignore_errors=True)
-        else:
-            log(f"work directory kept: {work}")
     if result.get("profile"):
         print_profile(Path(result["profile"]))
     if args.json:

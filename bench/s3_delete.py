@@ -30,11 +30,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 import uuid
@@ -49,12 +47,12 @@ from common import (  # bench/ is not a package: this runs as a script
     ledger_digest,
     log,
     must,
-    new_key_file,
     print_profile,
     retentiond_run,
     retentiond_upgrade,
     run_child,
     use_source,
+    workdir,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -343,19 +341,13 @@ def main(argv: list[str] | None = None) -> int:
         p.error(problem)
     if args.objects < 100 or not 0 < args.due_percent <= 100 or args.repeat < 1:
         p.error("--objects must be >= 100, --due-percent in 1..100, --repeat >= 1")
-    work = Path(args.workdir or tempfile.mkdtemp(prefix="retentiond-bench-s3-"))
-    work.mkdir(parents=True, exist_ok=True)
-    key_file = new_key_file(work)
-    server, endpoint = start_server()
-    try:
-        result = bench(args, endpoint, work, key_file)
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-        if not args.keep and not args.profile:
-            shutil.rmtree(work, ignore_errors=True)
-        else:
-            log(f"work directory kept: {work}")
+    with workdir(args, "retentiond-bench-s3-") as (work, key_file):
+        server, endpoint = start_server()
+        try:
+            result = bench(args, endpoint, work, key_file)
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
     if result.get("profile"):
         print_profile(Path(result["profile"]))
     if args.json:

@@ -22,11 +22,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sqlite3
 import statistics
 import sys
-import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -49,7 +47,6 @@ from common import (  # bench/ is not a package: sweep.py runs as a script
     ledger_digest,
     log,
     must,
-    new_key_file,
     pg_drop,
     print_profile,
     retentiond_argv,
@@ -58,6 +55,7 @@ from common import (  # bench/ is not a package: sweep.py runs as a script
     run_child,
     shared_arguments,
     use_source,
+    workdir,
     years_before,
 )
 
@@ -472,19 +470,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.rows < 1000 or args.batch < 1 or args.repeat < 1:
         p.error("--rows must be >= 1000, --batch and --repeat >= 1")
 
-    work = Path(args.workdir or tempfile.mkdtemp(prefix="retentiond-bench-"))
-    work.mkdir(parents=True, exist_ok=True)
-    key_file = new_key_file(work)
     backends = ["sqlite", "postgresql"] if args.backend == "both" else [args.backend]
     results = []
-    try:
+    with workdir(args) as (work, key_file):
         for backend in backends:
             results.append(bench_backend(backend, args, work, key_file))
-    finally:
-        if not args.keep and not args.profile:
-            shutil.rmtree(work, ignore_errors=True)
-        else:
-            log(f"work directory kept: {work}")
     for r in results:
         if r.get("profile"):
             print_profile(Path(r["profile"]))
